@@ -59,6 +59,10 @@ class _Parser(Collector):
 
     def parse(self) -> tuple[AppSpec | None, list[Finding]]:
         root = self.doc.root
+        if self.doc.uses_aliases:
+            self.warning("yaml-alias", "this file uses YAML anchors and aliases (&name/*name); "
+                         "the official agent on Ruby 3.1 or later (Raspberry Pi OS Bookworm) "
+                         "refuses them, so write the values out", "", None)
         if root is None or (isinstance(root, Scalar) and root.value is None):
             if not self.findings:
                 self.error("empty", "the AppSpec file is empty; it must define at least "

@@ -104,8 +104,12 @@ Step = Mkdir | Copy | Chmod | SetAcl | SetContext | Chown
 
 @dataclass(frozen=True)
 class InstallPlan:
+    """Steps in execution order; ``retained`` files were kept (RETAIN); ``permission_targets[i]``
+    lists what ``permissions[i]`` applies to."""
+
     steps: tuple[Step, ...]
     retained: tuple[str, ...] = ()
+    permission_targets: tuple[tuple[str, ...], ...] = ()
 
     def to_instructions(self) -> dict[str, list[dict[str, object]]]:
         """The ``<group>-install.json`` document the official agent writes."""
@@ -145,7 +149,8 @@ def plan_install(spec: AppSpec, revision: str | os.PathLike[str], *,
     builder.plan_permissions()
     if builder.findings:
         raise InstallPlanError(builder.findings)
-    return InstallPlan(tuple(builder.steps), tuple(builder.retained))
+    return InstallPlan(tuple(builder.steps), tuple(builder.retained),
+                       tuple(tuple(t) for t in builder.targets))
 
 
 @dataclass
@@ -160,6 +165,7 @@ class _Builder:
     copies: dict[str, str] = field(default_factory=dict)
     mkdirs: dict[str, None] = field(default_factory=dict)  # ordered set
     permitted: set[str] = field(default_factory=set)
+    targets: list[list[str]] = field(default_factory=list)
     _where: str = ""
     _pos: Position | None = None
 
@@ -253,6 +259,7 @@ class _Builder:
     def plan_permissions(self) -> None:
         for i, permission in enumerate(self.spec.permissions):
             self._where, self._pos = f"permissions[{i}]", permission.position
+            self.targets.append([])
             obj = normalize(permission.object)
             if obj in self.copies:
                 if "file" in permission.types and self._valid_for_file(permission, obj):
@@ -299,6 +306,7 @@ class _Builder:
                       "narrow the patterns so each file matches one entry")
             return
         self.permitted.add(path)
+        self.targets[-1].append(path)
         if permission.mode is not None:
             self.steps.append(Chmod(path, permission.mode))
         if permission.acls is not None:
