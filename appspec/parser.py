@@ -29,6 +29,7 @@ from .yaml_nodes import Document, Map, Node, Scalar, load_document
 TOP_LEVEL_KEYS = ("version", "os", "files", "hooks", "permissions", "file_exists_behavior")
 SCRIPT_KEYS = ("location", "timeout", "runas", "sudo")
 FILE_KEYS = ("source", "destination")
+_RESERVED = (*AGENT_EVENTS, *SERVICE_EVENTS)
 # A POSIX user name; anything else in runas would be handed to su (and, in the official agent,
 # to a shell).
 _USER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?")
@@ -41,7 +42,8 @@ def parse_appspec(text: str | bytes, *, file: str | None = None,
     ``custom_events`` are extra event names allowed in ``hooks`` (``deploy-local --events``).
     Warnings are kept on the returned ``AppSpec.findings``.
     """
-    doc = load_document(text)
+    blank = not text.strip()  # the official agent calls a whitespace-only file empty
+    doc = load_document("" if blank else text)
     spec, findings = _Parser(doc, custom_events).parse()
     findings = sorted((f.with_file(file) if file else f for f in findings), key=_order)
     if spec is None or any(f.severity is Severity.ERROR for f in findings):
@@ -188,14 +190,18 @@ class _Parser(Collector):
     def _hooks(self, node: Node | None) -> tuple[tuple[str, tuple[HookScript, ...]], ...]:
         if node is None or (isinstance(node, Scalar) and node.value is None):
             return ()
-        hooks = self.mapping(node, "hooks", allowed=self.events, what="hooks")
+        hooks = self.mapping(node, "hooks", allowed=(*self.events, *_RESERVED), what="hooks")
         if hooks is None:
             return ()
         result: dict[str, tuple[HookScript, ...]] = {}
         for key, value in hooks.items:
             name = key.value
+            if name in _RESERVED:
+                self.error("reserved-event", f"{key.text} cannot have scripts: CodeDeploy and "
+                           "the agent perform it themselves. Use BeforeInstall/AfterInstall "
+                           "(around Install) or ApplicationStop (before DownloadBundle).",
+                           join("hooks", key.text), key)
             if not isinstance(name, str) or name not in self.events:
-                self._explain_event(key)
                 continue
             if isinstance(value, Scalar) and value.value is None:
                 continue  # an empty event is ignored, as upstream
@@ -208,15 +214,6 @@ class _Parser(Collector):
                     s for i, item in enumerate(seq.items)
                     if (s := self._script(item, join(path, i))) is not None)
         return tuple(result.items())
-
-    def _explain_event(self, key: Scalar) -> None:
-        # The generic unknown-key error is already recorded; add why for the reserved names.
-        if key.value in AGENT_EVENTS or key.value in SERVICE_EVENTS:
-            self.findings[-1] = Finding(
-                "reserved-event", Severity.ERROR,
-                f"{key.text} cannot have scripts: CodeDeploy and the agent perform it themselves. "
-                "Use BeforeInstall/AfterInstall (around Install) or ApplicationStop (before "
-                "DownloadBundle).", join("hooks", key.text), key.position)
 
     def _script(self, node: Node, path: str) -> HookScript | None:
         entry = self.mapping(node, path, allowed=SCRIPT_KEYS, what="a hook script")

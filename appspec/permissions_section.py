@@ -129,15 +129,18 @@ def _mode(c: Collector, node: Node | None, path: str) -> Mode | None:
                 path, node)
         return None
     raw = _ruby_to_s(node.value)
-    if _yaml11_octal(node) and int(node.text, 10) != node.value:
-        c.warning("mode-octal", f"mode {node.text} is read by YAML 1.1 (as by the official "
-                  f"agent) as the octal number {node.value}, so the mode applied is {raw!r}. "
-                  f"Write 'mode: {node.text.lstrip('0') or '0'}' instead.", path, node)
+    octal = _yaml11_octal(node) and int(node.text, 10) != node.value
+    advice = (f"mode {node.text} is read by YAML 1.1 (as by the official agent) as the octal "
+              f"number {node.value}, so the mode would be {raw!r}; write "
+              f"'mode: {node.text.lstrip('0') or '0'}' instead")
     try:
-        return parse_mode(raw)
+        mode = parse_mode(raw)
     except InvalidValue as exc:
-        c.error("mode", str(exc), path, node)
+        c.error("mode", advice if octal else str(exc), path, node)
         return None
+    if octal:
+        c.warning("mode-octal", advice, path, node)
+    return mode
 
 
 def _yaml11_octal(node: Scalar) -> bool:

@@ -67,11 +67,14 @@ class Collector:
         allowed = tuple(allowed)
         for key in node.key_nodes():
             if not isinstance(key.value, str) or key.value not in allowed:
-                self.error("unknown-key",
-                           f"unknown key {key.text!r} in {what}; allowed keys are "
-                           f"{', '.join(allowed)}.{suggestion(key.text, allowed)}",
-                           join(path, key.text), key)
+                self.unknown_key(key, path, allowed=allowed, what=what)
         return node
+
+    def unknown_key(self, key: Scalar, path: str, *, allowed: tuple[str, ...],
+                    what: str) -> None:
+        self.error("unknown-key", f"unknown key {key.text!r} in {what}; allowed keys are "
+                   f"{', '.join(allowed)}.{suggestion(key.text, allowed)}",
+                   join(path, key.text), key)
 
     def sequence(self, node: Node | None, path: str, *, what: str, hint: str = "") -> Seq | None:
         if isinstance(node, Seq):

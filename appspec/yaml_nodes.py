@@ -99,9 +99,13 @@ class _TreeBuilder:
         if isinstance(node, yaml.ScalarNode):
             return self._scalar(node)
         if isinstance(node, yaml.SequenceNode):
+            if node.tag != _STD_TAG_PREFIX + "seq":
+                raise _BadTag(node)
             items = tuple(self.build(n, depth + 1) for n in node.value)
             return Seq(items, _position(node.start_mark))
         if isinstance(node, yaml.MappingNode):
+            if node.tag != _STD_TAG_PREFIX + "map":
+                raise _BadTag(node)
             return self._mapping(node, depth)
         raise _BadTag(node)
 

@@ -1,0 +1,35 @@
+# pifleet: `make demo` shows the project working, `make test` proves it.
+SHELL := /bin/bash
+VENV ?= .venv
+BIN := $(VENV)/bin
+export VENV
+
+.PHONY: demo test lint typecheck unit bench deps clean
+
+deps:
+	@dev/bootstrap.sh
+
+demo: deps
+	@echo "== fleetctl validate examples/aqi-app --explain"
+	@$(BIN)/fleetctl validate examples/aqi-app --explain
+	@echo
+	@echo "== the same revision with mistakes in it (errors are expected here):"
+	@$(BIN)/python dev/broken_copy.py examples/aqi-app /tmp/pifleet-demo-broken
+	@$(BIN)/fleetctl validate /tmp/pifleet-demo-broken || true
+
+test: deps lint typecheck unit
+
+lint: deps
+	$(BIN)/ruff check .
+
+typecheck: deps
+	$(BIN)/mypy
+
+unit: deps
+	$(BIN)/pytest -q
+
+bench: deps
+	$(BIN)/python -m bench.bench_appspec
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis dist build *.egg-info
