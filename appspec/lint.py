@@ -13,7 +13,7 @@ import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from .errors import AppSpecError, Finding, Severity
+from .errors import AppSpecError, Finding, Position, Severity
 from .events import EVENT_TIME_LIMIT_S, RUNS_PREVIOUS_REVISION
 from .locate import read_appspec
 from .model import AppSpec, HookScript
@@ -86,8 +86,8 @@ def _script_problems(script: HookScript, root: Path) -> Iterator[tuple[str, Seve
         yield ("hook-script-missing", Severity.ERROR,
                f"{loc} is not in the revision; the event would fail with ScriptMissing")
         return
-    if stat.S_ISDIR(info.st_mode):
-        yield ("hook-script-missing", Severity.ERROR, f"{loc} is a directory, not a script")
+    if not stat.S_ISREG(info.st_mode):
+        yield ("hook-script-missing", Severity.ERROR, f"{loc} is not a regular file")
         return
     if not info.st_mode & stat.S_IXUSR:
         yield ("hook-not-executable", Severity.WARNING,
@@ -123,7 +123,7 @@ def _script_content(loc: str, head: bytes, script: HookScript) -> Iterator[
 
 def _event_timeouts(spec: AppSpec) -> Iterator[Finding]:
     for event, scripts in spec.hooks:
-        total = sum(s.timeout_s for s in scripts)
+        total = sum(s.timeout_s for s in scripts if s.timeout_given)
         if total > EVENT_TIME_LIMIT_S:
             yield Finding("event-timeout", Severity.WARNING,
                           f"the timeouts of {event} add up to {total} s; CodeDeploy allows "
@@ -170,14 +170,21 @@ def _destinations(spec: AppSpec) -> Iterator[Finding]:
                           f"{dest} is under /boot: on Raspberry Pi OS Bookworm and later the "
                           "firmware partition (config.txt, cmdline.txt) is /boot/firmware",
                           where, mapping.position)
-        for agent_path in AGENT_PATHS:
-            if dest == agent_path or dest.startswith(agent_path + "/") or agent_path.startswith(
-                    dest.rstrip("/") + "/"):
-                yield Finding("agent-path", Severity.ERROR,
-                              f"{dest} overlaps {agent_path}, which belongs to the deployment "
-                              "agent; install the application elsewhere (for example /opt)",
-                              where, mapping.position)
-                break
+        agent_path = _agent_path(dest)
+        if agent_path:
+            yield _agent_path_finding(dest, agent_path, where, mapping.position)
+
+
+def _agent_path(path: str) -> str | None:
+    return next((p for p in AGENT_PATHS if _under(path, p)), None)
+
+
+def _agent_path_finding(path: str, agent_path: str, where: str,
+                        position: Position | None) -> Finding:
+    return Finding("agent-path", Severity.ERROR,
+                   f"{path} is inside {agent_path}, which belongs to the deployment agent; "
+                   "install the application elsewhere (for example under /opt)",
+                   where, position)
 
 
 def _permission_objects(spec: AppSpec) -> Iterator[Finding]:
@@ -212,6 +219,12 @@ def _install_plan(spec: AppSpec, root: Path) -> Iterator[Finding]:
                           f"directory applies to what is below {obj}, not to {obj} itself, and "
                           "only to files and directories this deployment creates",
                           f"permissions[{i}]", permission.position)
+    flagged = {_agent_path(normalize(m.destination)) for m in spec.files}
+    for step in plan.steps:
+        agent_path = _agent_path(step.destination) if isinstance(step, Copy) else None
+        if agent_path and agent_path not in flagged:
+            flagged.add(agent_path)
+            yield _agent_path_finding(step.destination, agent_path, "files", None)
     scripts = {os.path.normpath(root / s.location.lstrip("/")): s.location
                for _, group in spec.hooks for s in group}
     for step in plan.steps:

@@ -39,6 +39,7 @@ class HookScript:
     runas: str | None = None
     sudo: bool = False
     position: Position | None = None
+    timeout_given: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

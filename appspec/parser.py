@@ -235,7 +235,8 @@ class _Parser(Collector):
             return None
         if location is None or timeout is None:
             return None
-        return HookScript(location, timeout, runas, sudo, entry.position)
+        return HookScript(location, timeout, runas, sudo, entry.position,
+                          timeout_given=entry.get("timeout") is not None)
 
     def _timeout(self, node: Node | None, path: str) -> int | None:
         if node is None or (isinstance(node, Scalar) and node.value is None):

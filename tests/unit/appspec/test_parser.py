@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from appspec import AppSpecInvalidError, Severity, parse_appspec
+from appspec import AppSpecInvalidError, LifecycleEvent, Severity, parse_appspec
 
 from .support import codes, errors_of, spec_of
 
@@ -168,7 +168,7 @@ def test_location_and_runas_are_stripped() -> None:
     ("{location: ../../etc/x}", "location-escapes"),
     ("{location: a, timout: 30}", "unknown-key"),
     ("just-a-string", "wrong-type"),
-], ids=lambda v: str(v))
+], ids=str)
 def test_bad_script_entries(entry: str, code: str) -> None:
     (error,) = errors_of(f"hooks:\n  AfterInstall:\n    - {entry}\n")
     assert error.code == code
@@ -211,8 +211,6 @@ def test_custom_events_are_allowed_when_asked_for() -> None:
 
 
 def test_all_nine_events_are_accepted() -> None:
-    from appspec import LifecycleEvent
-
     body = "hooks:\n" + "".join(f"  {e}: [{{location: {e}.sh}}]\n" for e in LifecycleEvent)
     spec = spec_of(body)
     assert len(spec.hooks) == 9

@@ -112,7 +112,7 @@ def test_two_sources_to_one_target_is_an_error(tmp_path: Path, pi: RootedTarget)
 def test_copy_onto_a_directory_being_created_is_an_error(tmp_path: Path,
                                                          pi: RootedTarget) -> None:
     rev = make_revision(tmp_path / "r", {"one/data": "f", "two/data/inner": "d"})
-    with pytest.raises(InstallPlanError, match="also creates a directory|copied file"):
+    with pytest.raises(InstallPlanError, match=r"also creates a directory|copied file"):
         plan_install(spec("""
             files:
               - {source: two, destination: /opt/x}
@@ -121,7 +121,7 @@ def test_copy_onto_a_directory_being_created_is_an_error(tmp_path: Path,
 
 
 def test_missing_source_is_an_error(revision: Path, pi: RootedTarget) -> None:
-    with pytest.raises(InstallPlanError, match="'nope' is not in the revision"):
+    with pytest.raises(InstallPlanError, match=r"'nope' is not in the revision"):
         plan_install(spec("files:\n  - {source: nope, destination: /opt/x}\n"), revision,
                      target=pi)
 
