@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -223,6 +224,11 @@ class _Builder:
                 self._copy_file(entry, entry_destination)
 
     def _copy_file(self, source: str, destination: str) -> None:
+        mode = os.lstat(source).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+            self.fail(f"{source} is a device, FIFO or socket; a revision may hold only files, "
+                      "directories and symlinks")
+            return
         if self.target.exists(destination):
             if self.target.is_dir(destination):
                 self.fail(f"{destination} is an existing directory on the Pi; a file cannot "

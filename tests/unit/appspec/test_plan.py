@@ -143,6 +143,13 @@ def test_symlinked_file_inside_the_revision_is_copied_as_a_link(tmp_path: Path,
     assert Copy(str(rev / "app" / "alias"), "/opt/x/alias") in plan.steps
 
 
+def test_fifo_in_the_revision_is_refused(tmp_path: Path, pi: RootedTarget) -> None:
+    rev = make_revision(tmp_path / "r", {"app/ok": ""})
+    os.mkfifo(rev / "app" / "pipe")
+    with pytest.raises(InstallPlanError, match="device, FIFO or socket"):
+        plan_install(spec("files:\n  - {source: app, destination: /opt/x}\n"), rev, target=pi)
+
+
 @pytest.mark.parametrize(("behavior", "expected"), [
     (FileExistsBehavior.OVERWRITE, "copy"), (FileExistsBehavior.RETAIN, "retain"),
     (FileExistsBehavior.DISALLOW, "error"),
