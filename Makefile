@@ -29,7 +29,7 @@ unit: deps
 	$(BIN)/pytest -q
 
 bench: deps
-	$(BIN)/python -m bench.bench_appspec
+	$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis dist build *.egg-info

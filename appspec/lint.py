@@ -221,7 +221,9 @@ def _install_plan(spec: AppSpec, root: Path) -> Iterator[Finding]:
                           f"permissions[{i}]", permission.position)
     flagged = {_agent_path(normalize(m.destination)) for m in spec.files}
     for step in plan.steps:
-        agent_path = _agent_path(step.destination) if isinstance(step, Copy) else None
+        if not isinstance(step, Copy):
+            continue
+        agent_path = _agent_path(step.destination)
         if agent_path and agent_path not in flagged:
             flagged.add(agent_path)
             yield _agent_path_finding(step.destination, agent_path, "files", None)

@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable
 
 from .errors import AppSpecInvalidError, Finding, Severity
-from .events import AGENT_EVENTS, SERVICE_EVENTS, LifecycleEvent
+from .events import AGENT_EVENTS, EVENT_TIME_LIMIT_S, SERVICE_EVENTS, LifecycleEvent
 from .model import (
     DEFAULT_TIMEOUT_S,
     AppSpec,
@@ -32,6 +32,10 @@ FILE_KEYS = ("source", "destination")
 _RESERVED = (*AGENT_EVENTS, *SERVICE_EVENTS)
 # A POSIX user name; anything else in runas would be handed to su (and, in the official agent,
 # to a shell).
+_DIGITS = re.compile(r"[0-9]{1,12}")
+# Far above anything CodeDeploy honours (3,600 s per event, which lint checks), yet small enough
+# that no value can overflow or produce a 5,000-digit message; the official agent has no bound.
+MAX_TIMEOUT_S = 1_000_000_000
 _USER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?")
 
 
@@ -245,14 +249,18 @@ class _Parser(Collector):
         seconds: int | None = None
         if isinstance(value, int) and not isinstance(value, bool):
             seconds = value
-        elif isinstance(value, str) and value.strip().isdigit():
+        elif isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
             seconds = int(value)
             self.warning("quoted-number", f"timeout {value!r} is quoted; it works, but "
                          "write it as a number", path, node)
-        elif isinstance(value, float) and value >= 1:
+        elif isinstance(value, float) and 1 <= value <= MAX_TIMEOUT_S:
             seconds = int(value)
             self.warning("fractional-timeout", f"timeout {value} is cut to {seconds} s, "
                          "as the official agent does; use whole seconds", path, node)
+        if seconds is not None and seconds > MAX_TIMEOUT_S:
+            self.error("timeout", f"timeout is more than {MAX_TIMEOUT_S} s; CodeDeploy stops "
+                       f"any event after {EVENT_TIME_LIMIT_S} s, so lower it", path, node)
+            return None
         if seconds is None or seconds <= 0:
             self.error("timeout", f"timeout must be a positive whole number of seconds "
                        f"(default {DEFAULT_TIMEOUT_S}); found {describe(node)}", path, node)

@@ -212,7 +212,7 @@ def _split(text: str, sep: str, whole: str) -> list[str]:
     return parts
 
 
-_LEVEL = re.compile(r"[0-9]+")
+_LEVEL = re.compile(r"[0-9]{1,9}")  # bounded: no 5,000-digit int() on hostile input
 
 
 def _number(text: str, prefix: str, whole: str) -> int:

@@ -121,12 +121,19 @@ def _name(c: Collector, node: Node | None, path: str, what: str) -> str | None:
     return c.optional_text(node, path, what=what)
 
 
+_MODE_BOUND = 10**12  # larger ints are never modes; refusing them early keeps int/str cheap
+
+
 def _mode(c: Collector, node: Node | None, path: str) -> Mode | None:
     if _absent(node):
         return None
     if not isinstance(node, Scalar):
         c.error("wrong-type", f"mode must be a number like 644; found {describe(node)}",
                 path, node)
+        return None
+    if isinstance(node.value, int) and abs(node.value) > _MODE_BOUND:
+        c.error("mode", f"mode {node.text[:20]}... is not a file mode (three or four octal "
+                "digits like 644)", path, node)
         return None
     raw = _ruby_to_s(node.value)
     octal = _yaml11_octal(node) and int(node.text, 10) != node.value

@@ -87,6 +87,10 @@ class Collector:
         """A non-empty string scalar (stripped), or None after an error."""
         if isinstance(node, Scalar) and isinstance(node.value, str):
             value = node.value.strip()
+            if "\0" in value:
+                self.error("nul-character", f"{what} contains a NUL character, which no path or "
+                           "name can hold; remove it", path, node)
+                return None
             if value:
                 return value
         self.error("wrong-type", f"{what} must be non-empty text; found {describe(node)}",

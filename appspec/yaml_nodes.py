@@ -115,8 +115,10 @@ class _TreeBuilder:
             raise _BadTag(node)
         try:
             value = self._loader.construct_object(node, deep=True)
-        except (yaml.YAMLError, ValueError, OverflowError) as exc:
-            raise _BadScalar(node, str(exc).splitlines()[0]) from exc
+        except Exception as exc:
+            # PyYAML's constructors of explicitly tagged scalars (!!bool maybe, !!int '') raise
+            # KeyError, IndexError, AttributeError... on malformed bodies: all mean "unreadable".
+            raise _BadScalar(node, (str(exc).splitlines() or [type(exc).__name__])[0]) from exc
         return Scalar(value, str(node.value), node.tag, node.style in ("'", '"'), pos)
 
     def _mapping(self, node: yaml.MappingNode, depth: int) -> Map:
@@ -214,7 +216,14 @@ _PROBLEM_TEXT: dict[type[_LoadProblem], tuple[str, str]] = {
 
 def load_document(text: str | bytes) -> Document:
     """Parse one YAML document; syntax and structure problems become error findings."""
-    size = len(text.encode() if isinstance(text, str) else text)
+    if isinstance(text, str):
+        try:
+            encoded = text.encode()
+        except UnicodeEncodeError as exc:
+            return Document(None, [_error("yaml-encoding",
+                                          f"the text holds a lone surrogate (character "
+                                          f"{exc.start}), which is not Unicode; fix the source")])
+    size = len(encoded if isinstance(text, str) else text)
     if size > MAX_APPSPEC_BYTES:
         return Document(None, [_error("yaml-too-large", f"the file is {size} bytes; an AppSpec "
                                       f"may be at most {MAX_APPSPEC_BYTES} bytes")])

@@ -1,0 +1,1 @@
+"""Benchmarks: ``make bench`` runs them all; figures go to BENCHMARKS.md with their command."""
