@@ -1,0 +1,246 @@
+"""The Install command: undo the group's previous install, copy the revision, set permissions.
+
+Every path is appended to the group's clean-up file *before* it is created, so an agent killed
+mid-install leaves a list the next Install can undo; DISALLOW then only trips on files the agent
+did not install. The file is flushed before each action (survives the agent being killed) and
+fsync'd in batches (a power cut may lose the newest entries along with the newest copies, whose
+data was not yet on disk either).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import IO
+
+from appspec import AppSpec
+from appspec.permissions import full_acl
+from appspec.plan import (
+    Chmod,
+    Chown,
+    Copy,
+    InstallPlan,
+    Mkdir,
+    RootedTarget,
+    SetAcl,
+    SetContext,
+    Step,
+    plan_install,
+)
+
+from .atomic import fsync_dir, write_atomic
+from .errors import InstallError
+from .spec import DeploymentSpec
+
+SEMANAGE_PREFIX = "semanage\0"
+_FSYNC_EVERY = 256
+Runner = Callable[[list[str]], None]
+
+
+def read_cleanup(path: Path) -> list[str]:
+    """The entries of a clean-up file; a last line without newline is a torn write: dropped."""
+    try:
+        text = path.read_bytes().decode(errors="surrogateescape")
+    except FileNotFoundError:
+        return []
+    lines = text.split("\n")
+    return [line for line in lines[:-1] if line]
+
+
+def run_cleanup(path: Path, *, run: Runner | None = None) -> list[str]:
+    """Undo the previous install from ``path`` in reverse order, then delete the file.
+
+    Files and symlinks are removed, directories removed only when empty, missing paths skipped,
+    SELinux rules deleted. Returns the entries that could not be removed (left in place).
+    """
+    runner = run or _run
+    left: list[str] = []
+    for entry in reversed(read_cleanup(path)):
+        if entry.startswith(SEMANAGE_PREFIX):
+            target = entry.removeprefix(SEMANAGE_PREFIX)
+            if shutil.which("semanage"):
+                try:
+                    runner(["semanage", "fcontext", "-d", target])
+                except InstallError:
+                    left.append(entry)
+            continue
+        if not _remove(entry):
+            left.append(entry)
+    if path.exists():
+        path.unlink()
+        fsync_dir(path.parent)
+    return left
+
+
+def _remove(entry: str) -> bool:
+    try:
+        info = os.lstat(entry)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    try:
+        if stat.S_ISDIR(info.st_mode):
+            os.rmdir(entry)
+        else:
+            os.unlink(entry)
+    except OSError as exc:
+        return exc.errno in (errno.ENOTEMPTY, errno.EEXIST)  # a non-empty directory stays
+    return True
+
+
+class Installer:
+    """Runs the Install command for one deployment of a group."""
+
+    def __init__(self, *, cleanup_file: Path, install_json: Path, install_root: Path = Path("/"),
+                 run: Runner | None = None) -> None:
+        self._cleanup_file = cleanup_file
+        self._install_json = install_json
+        self._root = install_root
+        self._run = run or _run
+
+    def install(self, appspec: AppSpec, archive: Path, spec: DeploymentSpec) -> InstallPlan:
+        left = run_cleanup(self._cleanup_file, run=self._run)
+        if left:
+            raise InstallError(
+                f"could not remove {len(left)} file(s) of the previous install, for example "
+                f"{left[0]!r}; remove them by hand (or fix their permissions) and deploy again")
+        plan = plan_install(appspec, archive, file_exists_behavior=spec.file_exists_behavior,
+                            target=RootedTarget(str(self._root)))
+        write_atomic(self._install_json, json.dumps(plan.to_instructions()))
+        self._execute(plan.steps)
+        return plan
+
+    def _real(self, path: str) -> str:
+        return os.path.join(self._root, path.lstrip("/")) if str(self._root) != "/" else path
+
+    def _execute(self, steps: Iterable[Step]) -> None:
+        self._cleanup_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(self._cleanup_file, "a", encoding="utf-8", errors="surrogateescape") as log:
+            for count, step in enumerate(steps, 1):
+                try:
+                    self._step(step, log)
+                except OSError as exc:
+                    raise InstallError(_os_message(step, exc)) from exc
+                if count % _FSYNC_EVERY == 0:
+                    os.fsync(log.fileno())
+            log.flush()
+            os.fsync(log.fileno())
+
+    def _step(self, step: Step, log: IO[str]) -> None:
+        if isinstance(step, Mkdir):
+            real = self._real(step.path)
+            _note(log, real)
+            if not os.path.isdir(real):
+                os.mkdir(real)
+        elif isinstance(step, Copy):
+            real = self._real(step.destination)
+            _note(log, real)
+            copy_entry(step.source, real)
+        elif isinstance(step, Chmod):
+            os.chmod(self._real(step.path), step.mode.bits)
+        elif isinstance(step, SetAcl):
+            real = self._real(step.path)
+            acl = full_acl(step.aces, stat.S_IMODE(os.stat(real).st_mode))
+            self._tool(["setfacl", "--set", ",".join(acl), real], "acl")
+        elif isinstance(step, SetContext):
+            self._set_context(step, log)
+        else:
+            self._chown(step)
+
+    def _set_context(self, step: SetContext, log: IO[str]) -> None:
+        if not shutil.which("semanage"):
+            return  # no SELinux tooling: the official agent would fail; a Pi has no SELinux
+        real = os.path.realpath(self._real(step.path))
+        ctx = step.context
+        command = ["semanage", "fcontext", "-a"]
+        if ctx.name:
+            command += ["-s", ctx.name]
+        command += ["-t", ctx.type]
+        if ctx.range:
+            command += ["-r", str(ctx.range)]
+        _note(log, SEMANAGE_PREFIX + real)
+        self._run([*command, real])
+        self._tool(["restorecon", "-v", real], "policycoreutils")
+
+    def _chown(self, step: Chown) -> None:
+        real = self._real(step.path)
+        try:
+            shutil.chown(real, user=step.owner, group=step.group)
+        except LookupError as exc:
+            raise InstallError(f"cannot chown {step.path}: {exc}; create the user or group on "
+                               "the device, or change owner/group in the AppSpec") from exc
+        except PermissionError as exc:
+            raise InstallError(f"cannot chown {step.path} to {step.owner or ''}:"
+                               f"{step.group or ''}: only root may give files away; run the "
+                               "agent as root") from exc
+
+    def _tool(self, command: list[str], package: str) -> None:
+        if not shutil.which(command[0]):
+            raise InstallError(f"{command[0]} is not installed but the AppSpec's permissions "
+                               f"need it; install the Debian package {package!r}")
+        self._run(command)
+
+
+def _note(log: IO[str], path: str) -> None:
+    log.write(path + "\n")
+    log.flush()
+
+
+def copy_entry(source: str, destination: str) -> None:
+    """Copy a file or symlink, keeping mode and times; replace atomically what is there.
+
+    The new file is written beside the destination and renamed over it, so a running program
+    being replaced never sees a half-written file (and ETXTBSY cannot happen).
+    """
+    if os.path.islink(source):
+        tmp = f"{destination}.pifleet-new"
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        os.symlink(os.readlink(source), tmp)
+        os.replace(tmp, destination)
+        return
+    directory, name = os.path.split(destination)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".pifleet-new", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+            shutil.copyfileobj(src, out, 1024 * 1024)
+        shutil.copystat(source, tmp)
+        os.replace(tmp, destination)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _os_message(step: Step, exc: OSError) -> str:
+    what = {Mkdir: "create directory", Copy: "copy to", Chmod: "chmod",
+            SetAcl: "set the ACL of", SetContext: "set the SELinux context of",
+            Chown: "chown"}[type(step)]
+    path = step.destination if isinstance(step, Copy) else step.path
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"disk full: cannot {what} {path}; free some space on the device and deploy again"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (f"cannot {what} {path}: {reason}; the agent needs write access there (run it "
+                "as root, or pick another destination)")
+    return f"cannot {what} {path}: {reason}"
+
+
+def _run(command: list[str]) -> None:
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, check=False,
+                                timeout=300)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise InstallError(f"{command[0]} failed: {exc}") from exc
+    if result.returncode != 0:
+        detail = (result.stderr or result.stdout).strip().splitlines()
+        raise InstallError(f"{' '.join(command[:3])} ... failed with exit code "
+                           f"{result.returncode}: {detail[-1] if detail else 'no output'}")
