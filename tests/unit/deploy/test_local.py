@@ -159,12 +159,13 @@ def test_archive_bundles_with_a_leading_directory(tmp_path: Path, proof: Path,
     assert "ValidateService v1" in events_of(proof)
 
 
-def test_invalid_appspec_fails_install_with_the_findings(tmp_path: Path, proof: Path) -> None:
+def test_invalid_appspec_fails_the_first_event_reading_it(tmp_path: Path,
+                                                          proof: Path) -> None:
     rev = proof_revision(tmp_path / "r")
     (rev / "appspec.yml").write_text("version: 0.0\nos: linux\nhooks:\n  AfterInstal: []\n")
     ok, out = run(rev, tmp_path / "root")
     assert not ok
-    assert "Install              FAILED" in out
+    assert "BeforeInstall        FAILED" in out  # the first event that reads the new AppSpec
     assert "UNKNOWN_ERROR (code 5): the AppSpec is invalid" in out
     assert "AfterInstal" in out and "Did you mean 'AfterInstall'" in out
 
@@ -185,7 +186,7 @@ def test_missing_hook_script_is_code_1(tmp_path: Path, proof: Path) -> None:
     (["ApplicationStart"], ["DownloadBundle", "Install", "ApplicationStart"]),
     (["ApplicationStop", "BeforeInstall", "Custom"],
      ["DownloadBundle", "Install", "ApplicationStop", "BeforeInstall", "Custom"]),
-    (["Install", "DownloadBundle"], ["DownloadBundle", "Install"]),
+    (["Install"], ["DownloadBundle", "Install"]),
 ])
 def test_event_order_rules(events: list[str] | None, expected: list[str]) -> None:
     assert ordered_events(events) == expected
@@ -193,6 +194,7 @@ def test_event_order_rules(events: list[str] | None, expected: list[str]) -> Non
 
 @pytest.mark.parametrize(("events", "message"), [
     (["ApplicationStart", "DownloadBundle"], "may come before DownloadBundle"),
+    (["Install", "DownloadBundle"], "may come before DownloadBundle"),
     (["DownloadBundle", "AfterInstall", "Install"], "may come before Install"),
 ])
 def test_event_order_errors(events: list[str], message: str) -> None:
