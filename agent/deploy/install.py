@@ -10,15 +10,17 @@ data was not yet on disk either).
 from __future__ import annotations
 
 import errno
+import grp
 import json
 import os
+import pwd
 import shutil
 import stat
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from appspec import AppSpec
 from appspec.permissions import full_acl
@@ -171,12 +173,10 @@ class Installer:
         self._tool(["restorecon", "-v", real], "policycoreutils")
 
     def _chown(self, step: Chown) -> None:
-        real = self._real(step.path)
+        uid = _lookup(pwd.getpwnam, step.owner, "user", step.path)
+        gid = _lookup(grp.getgrnam, step.group, "group", step.path)
         try:
-            shutil.chown(real, user=step.owner, group=step.group)
-        except LookupError as exc:
-            raise InstallError(f"cannot chown {step.path}: {exc}; create the user or group on "
-                               "the device, or change owner/group in the AppSpec") from exc
+            os.lchown(self._real(step.path), uid, gid)
         except PermissionError as exc:
             raise InstallError(f"cannot chown {step.path} to {step.owner or ''}:"
                                f"{step.group or ''}: only root may give files away; run the "
@@ -187,6 +187,16 @@ class Installer:
             raise InstallError(f"{command[0]} is not installed but the AppSpec's permissions "
                                f"need it; install the Debian package {package!r}")
         self._run(command)
+
+
+def _lookup(find: Callable[[str], Any], name: str | None, what: str, path: str) -> int:
+    if name is None:
+        return -1
+    try:
+        return int(find(name)[2])
+    except KeyError:
+        raise InstallError(f"cannot chown {path}: there is no {what} {name!r} on this device; "
+                           f"create the {what}, or change the AppSpec's permissions") from None
 
 
 def _note(log: IO[str], path: str) -> None:

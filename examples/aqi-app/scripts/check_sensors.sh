@@ -8,9 +8,10 @@
 #   AQI_INSTALL_DIR  where the appspec copied app/ (default /opt/aqi)
 #   AQI_SDS011_PORT  serial port of the SDS011's USB adapter (default /dev/ttyUSB0)
 #   AQI_SIMULATED=1  sensors are simulated: skip the serial-port check (the file checks still run)
+#   PIFLEET_INSTALL_ROOT  set by `pifleet-agent deploy-local --root DIR`: the app lives under DIR
 set -euo pipefail
 
-install_dir="${AQI_INSTALL_DIR:-/opt/aqi}"
+install_dir="${AQI_INSTALL_DIR:-${PIFLEET_INSTALL_ROOT:-}/opt/aqi}"
 serial_port="${AQI_SDS011_PORT:-/dev/ttyUSB0}"
 
 for name in aqi_web.py aqi-web.service; do

@@ -10,12 +10,13 @@
 #   AQI_LOG_FILE      output of the background process (default /var/log/aqi-web.log)
 #   AQI_PID_FILE      its pid file (default /run/aqi-web.pid)
 #   AQI_PORT, AQI_BIND, AQI_READINGS_FILE  passed on to the background process (see aqi_web.py)
+#   PIFLEET_INSTALL_ROOT  set by `pifleet-agent deploy-local --root DIR`: the app lives under DIR
 set -euo pipefail
 
-install_dir="${AQI_INSTALL_DIR:-/opt/aqi}"
+install_dir="${AQI_INSTALL_DIR:-${PIFLEET_INSTALL_ROOT:-}/opt/aqi}"
 unit=aqi-web.service
 
-if [[ -d /run/systemd/system && "${AQI_NO_SYSTEMD:-0}" != 1 ]]; then
+if [[ -d /run/systemd/system && "${AQI_NO_SYSTEMD:-0}" != 1 && -z "${PIFLEET_INSTALL_ROOT:-}" ]]; then
     install -m 644 "$install_dir/$unit" "/etc/systemd/system/$unit"
     systemctl daemon-reload
     systemctl enable "$unit"
@@ -26,8 +27,8 @@ if [[ -d /run/systemd/system && "${AQI_NO_SYSTEMD:-0}" != 1 ]]; then
     exit 0
 fi
 
-log_file="${AQI_LOG_FILE:-/var/log/aqi-web.log}"
-pid_file="${AQI_PID_FILE:-/run/aqi-web.pid}"
+log_file="${AQI_LOG_FILE:-${PIFLEET_INSTALL_ROOT:-}/var/log/aqi-web.log}"
+pid_file="${AQI_PID_FILE:-${PIFLEET_INSTALL_ROOT:-}/run/aqi-web.pid}"
 if [[ -e "$pid_file" ]]; then
     # A copy left by a failed deployment would hold the port; stop it the usual way.
     "$(dirname "${BASH_SOURCE[0]}")/stop_app.sh"

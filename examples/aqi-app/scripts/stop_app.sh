@@ -8,17 +8,18 @@
 #   AQI_NO_SYSTEMD=1    do not touch systemd (containers, tests)
 #   AQI_PID_FILE        pid file written by start_app.sh (default /run/aqi-web.pid)
 #   AQI_STOP_TIMEOUT_S  seconds between SIGTERM and SIGKILL (default 10)
+#   PIFLEET_INSTALL_ROOT  set by `pifleet-agent deploy-local --root DIR`: the app lives under DIR
 set -euo pipefail
 
 unit=aqi-web.service
-pid_file="${AQI_PID_FILE:-/run/aqi-web.pid}"
+pid_file="${AQI_PID_FILE:-${PIFLEET_INSTALL_ROOT:-}/run/aqi-web.pid}"
 stop_timeout_s="${AQI_STOP_TIMEOUT_S:-10}"
 if ! [[ "$stop_timeout_s" =~ ^[0-9]+$ ]]; then
     echo "stop_app: ERROR: AQI_STOP_TIMEOUT_S must be whole seconds, got '$stop_timeout_s'" >&2
     exit 1
 fi
 
-if [[ -d /run/systemd/system && "${AQI_NO_SYSTEMD:-0}" != 1 ]]; then
+if [[ -d /run/systemd/system && "${AQI_NO_SYSTEMD:-0}" != 1 && -z "${PIFLEET_INSTALL_ROOT:-}" ]]; then
     rc=0
     output="$(systemctl stop "$unit" 2>&1)" || rc=$?
     # 5 is "Unit aqi-web.service not loaded.": never installed, so nothing to stop.

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import grp
 import json
 import os
+import pwd
 import shutil
 import stat
 import subprocess
@@ -193,8 +196,6 @@ def test_owner_and_group_are_applied(tmp_path: Path) -> None:
     t = Target(tmp_path)
     t.install(revision(tmp_path, appspec, {"app/a.txt": "x"}))
     info = t.path("/opt/app/a.txt").stat()
-    import grp
-    import pwd
     assert pwd.getpwuid(info.st_uid).pw_name == "nobody"
     assert grp.getgrgid(info.st_gid).gr_name == "nogroup"
 
@@ -202,20 +203,18 @@ def test_owner_and_group_are_applied(tmp_path: Path) -> None:
 def test_unknown_owner_is_a_clear_error(tmp_path: Path) -> None:
     appspec = APP + "permissions:\n  - object: /opt/app\n    owner: no-such-user-x\n"
     t = Target(tmp_path)
-    with pytest.raises(InstallError, match="no user .no-such-user-x.*create the user"):
+    with pytest.raises(InstallError, match=r"no user .no-such-user-x.*create the user"):
         t.install(revision(tmp_path, appspec, {"app/a.txt": "x"}))
 
 
 def test_disk_full_during_copy_is_a_clear_error(tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    import errno
-
     def full(*_: object, **__: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr("agent.deploy.install.shutil.copyfileobj", full)
     t = Target(tmp_path)
-    with pytest.raises(InstallError, match="disk full.*free some space"):
+    with pytest.raises(InstallError, match=r"disk full.*free some space"):
         t.install(revision(tmp_path, APP, {"app/a.txt": "x"}))
     # Nothing half-written stays at the destination; the clean-up file lists what was made.
     assert not t.path("/opt/app/a.txt").exists()
