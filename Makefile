@@ -10,12 +10,7 @@ deps:
 	@dev/bootstrap.sh
 
 demo: deps
-	@echo "== fleetctl validate examples/aqi-app --explain"
-	@$(BIN)/fleetctl validate examples/aqi-app --explain
-	@echo
-	@echo "== the same revision with mistakes in it (errors are expected here):"
-	@$(BIN)/python dev/broken_copy.py examples/aqi-app /tmp/pifleet-demo-broken
-	@$(BIN)/fleetctl validate /tmp/pifleet-demo-broken || true
+	@dev/demo.sh
 
 test: deps lint typecheck unit
 

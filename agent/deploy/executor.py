@@ -85,6 +85,18 @@ class CommandExecutor:
         except (DeployError, AppSpecError):
             return False  # execute will report the problem
 
+    def scripts_for(self, event: str, spec: DeploymentSpec) -> tuple[str, ...]:
+        """The script locations a hook event would run (empty when unknown or none)."""
+        if not self._is_hook(event, spec):
+            return ()
+        try:
+            chosen = select_revision(event, spec, self.layout)
+            if chosen is None:
+                return ()
+            return tuple(s.location for s in self._appspec(chosen, spec).scripts(event))
+        except (DeployError, AppSpecError):
+            return ()
+
     def execute(self, command: str, spec: DeploymentSpec) -> Diagnostics:
         try:
             if command == DOWNLOAD_BUNDLE:

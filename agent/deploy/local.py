@@ -58,6 +58,7 @@ class EventResult:
     diagnostics: Diagnostics
     noop: bool
     seconds: float
+    scripts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -166,10 +167,13 @@ def deploy_local(options: LocalOptions, *, out: TextIO,
     results: list[EventResult] = []
     for event in events:
         noop = executor.is_noop(event, spec)
+        scripts = executor.scripts_for(event, spec)
+        out.write(f"  {event:<20} ")
+        out.flush()
         start = time.monotonic()
         diagnostics = executor.run_command(event, spec, host_command_identifier="local")
         result = EventResult(event, diagnostics, noop and diagnostics.succeeded,
-                             time.monotonic() - start)
+                             time.monotonic() - start, scripts)
         results.append(result)
         _print_event(out, result)
         out.flush()
@@ -195,12 +199,11 @@ def _print_event(out: TextIO, result: EventResult) -> None:
     d = result.diagnostics
     if d.succeeded:
         status = "skipped" if result.noop else "ok"
-        detail = "nothing to run" if result.noop else ""
+        detail = "nothing to run" if result.noop else ", ".join(result.scripts)
     else:
         status = "FAILED"
         detail = f"{ErrorCode(d.error_code).name} (code {int(d.error_code)}): {d.message}"
-    out.write(f"  {result.name:<20} {status:<8} {result.seconds:7.2f} s  {detail}".rstrip()
-              + "\n")
+    out.write(f"{status:<8} {result.seconds:7.2f} s  {detail}".rstrip() + "\n")
     if not d.succeeded and d.log:
         out.write("    last output:\n")
         for line in d.log.splitlines()[-20:]:
