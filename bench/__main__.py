@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from . import bench_appspec
+from . import bench_appspec, bench_deploy
 
 if __name__ == "__main__":
     print("== appspec")
-    raise SystemExit(bench_appspec.main([]))
+    bench_appspec.main([])
+    print("== deploy-local")
+    raise SystemExit(bench_deploy.main([]))
