@@ -57,7 +57,8 @@ def read_cleanup(path: Path) -> list[str]:
     return [line for line in lines[:-1] if line]
 
 
-def run_cleanup(path: Path, *, run: Runner | None = None) -> list[str]:
+def run_cleanup(path: Path, *, run: Runner | None = None,
+                which: Callable[[str], str | None] = shutil.which) -> list[str]:
     """Undo the previous install from ``path`` in reverse order, then delete the file.
 
     Files and symlinks are removed, directories removed only when empty, missing paths skipped,
@@ -68,7 +69,7 @@ def run_cleanup(path: Path, *, run: Runner | None = None) -> list[str]:
     for entry in reversed(read_cleanup(path)):
         if entry.startswith(SEMANAGE_PREFIX):
             target = entry.removeprefix(SEMANAGE_PREFIX)
-            if shutil.which("semanage"):
+            if which("semanage"):
                 try:
                     runner(["semanage", "fcontext", "-d", target])
                 except InstallError:
@@ -103,14 +104,16 @@ class Installer:
     """Runs the Install command for one deployment of a group."""
 
     def __init__(self, *, cleanup_file: Path, install_json: Path, install_root: Path = Path("/"),
-                 run: Runner | None = None) -> None:
+                 run: Runner | None = None,
+                 which: Callable[[str], str | None] = shutil.which) -> None:
         self._cleanup_file = cleanup_file
         self._install_json = install_json
         self._root = install_root
         self._run = run or _run
+        self._which = which
 
     def install(self, appspec: AppSpec, archive: Path, spec: DeploymentSpec) -> InstallPlan:
-        left = run_cleanup(self._cleanup_file, run=self._run)
+        left = run_cleanup(self._cleanup_file, run=self._run, which=self._which)
         if left:
             raise InstallError(
                 f"could not remove {len(left)} file(s) of the previous install, for example "
@@ -165,7 +168,7 @@ class Installer:
             self._chown(step)
 
     def _set_context(self, step: SetContext, log: IO[str]) -> None:
-        if not shutil.which("semanage"):
+        if not self._which("semanage"):
             return  # no SELinux tooling: the official agent would fail; a Pi has no SELinux
         real = os.path.realpath(self._real(step.path))
         ctx = step.context
@@ -190,7 +193,7 @@ class Installer:
                                "agent as root") from exc
 
     def _tool(self, command: list[str], package: str) -> None:
-        if not shutil.which(command[0]):
+        if not self._which(command[0]):
             raise InstallError(f"{command[0]} is not installed but the AppSpec's permissions "
                                f"need it; install the Debian package {package!r}")
         self._run(command)

@@ -231,3 +231,33 @@ def test_copy_entry_replaces_atomically(tmp_path: Path) -> None:
     copy_entry(str(src), str(dst))
     assert dst.read_text() == "new" and dst.stat().st_ino != inode
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dst", "src"]
+
+
+def test_selinux_context_commands_and_their_cleanup(tmp_path: Path) -> None:
+    """SELinux cannot exist here: the tools are faked at the command boundary, and the exact
+    commands checked against the official vector (`semanage fcontext -a -s name -t type -r s0`).
+    """
+    commands: list[list[str]] = []
+    appspec = APP + ("permissions:\n  - object: /opt/app\n    type: [file]\n"
+                     "    context:\n      name: name\n      type: type\n      range: s0\n")
+    t = Target(tmp_path)
+    t.installer = Installer(cleanup_file=t.cleanup, install_json=t.state / "i.json",
+                            install_root=t.root, run=commands.append,
+                            which=lambda name: f"/usr/sbin/{name}")
+    t.install(revision(tmp_path, appspec, {"app/a.txt": "x"}))
+    real = os.path.realpath(t.path("/opt/app/a.txt"))
+    assert commands == [["semanage", "fcontext", "-a", "-s", "name", "-t", "type", "-r", "s0",
+                         real], ["restorecon", "-v", real]]
+    assert "semanage\0" + real in read_cleanup(t.cleanup)
+    commands.clear()
+    run_cleanup(t.cleanup, run=commands.append, which=lambda name: name)
+    assert commands == [["semanage", "fcontext", "-d", real]]
+
+
+def test_missing_setfacl_is_a_clear_error(tmp_path: Path) -> None:
+    appspec = APP + "permissions:\n  - object: /opt/app\n    acls: ['u:nobody:4']\n"
+    t = Target(tmp_path)
+    t.installer = Installer(cleanup_file=t.cleanup, install_json=t.state / "i.json",
+                            install_root=t.root, which=lambda _: None)
+    with pytest.raises(InstallError, match=r"setfacl is not installed.*'acl'"):
+        t.install(revision(tmp_path, appspec, {"app/a.txt": "x"}))
