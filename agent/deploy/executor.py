@@ -7,6 +7,7 @@ the way the official agent reports it; no exception escapes ``execute`` for a fa
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections.abc import Callable, Mapping
@@ -24,6 +25,8 @@ from .layout import DeploymentDir, DeploymentRoot
 from .revisions import select_revision
 from .spec import DeploymentSpec, Revision, RevisionSource
 from .tracking import CommandTracker, InFlight
+
+log = logging.getLogger(__name__)
 
 DOWNLOAD_BUNDLE = "DownloadBundle"
 INSTALL = "Install"
@@ -111,6 +114,12 @@ class CommandExecutor:
             return Diagnostics.failure(exc)
         except AppSpecError as exc:
             return Diagnostics.failure(InstallError(_appspec_message(exc)))
+        except Exception as exc:
+            # The command boundary: whatever broke, the service must hear "failed, code 5"
+            # (UnknownError) rather than nothing, as upstream does.
+            log.exception("%s of %s failed unexpectedly", command, spec.deployment_id)
+            return Diagnostics.failure(DeployError(f"{command} failed: {type(exc).__name__}: "
+                                                   f"{exc}"))
         return Diagnostics.success()
 
     # -- the commands ---------------------------------------------------------------------

@@ -15,6 +15,7 @@ import pytest
 
 from agent.deploy.bundle import BundleType
 from agent.deploy.executor import CommandExecutor, EngineConfig
+from agent.deploy.layout import DeploymentRoot
 from agent.deploy.local import (
     LocalOptions,
     UsageError,
@@ -297,3 +298,18 @@ def test_cli_directory_without_appspec_is_a_usage_error(tmp_path: Path) -> None:
     done = cli("-l", str(tmp_path / "empty"), "--root", str(tmp_path / "root"))
     assert done.returncode == 2
     assert "holds no appspec.yml or appspec.yaml" in done.stderr
+
+
+def test_an_unexpected_error_is_reported_as_code_5(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    executor = CommandExecutor(EngineConfig(root=engine_config(tmp_path).root))
+    spec = DeploymentSpec("d-1", "a", "g", "g", Revision(RevisionSource.LOCAL_DIRECTORY,
+                                                          BundleType.DIRECTORY, str(tmp_path)))
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(DeploymentRoot, "prune", broken)
+    payload = json.loads(executor.execute("DownloadBundle", spec).payload())
+    assert payload["error_code"] == 5
+    assert payload["message"] == "DownloadBundle failed: RuntimeError: boom"
