@@ -213,19 +213,26 @@ class _Builder:
             return
         if not self.target.is_dir(destination):
             self._mkdir(destination)
-        for name in sorted(os.listdir(source)):
-            entry = os.path.join(source, name)
-            entry_destination = posixpath.join(destination, name)
-            if not _inside(os.path.realpath(entry), real_root):
-                self.fail(f"{entry} is a symlink leading out of the revision")
-            elif os.path.isdir(entry):
-                self._copy_dir(entry, entry_destination, real_root, seen | {real})
+        with os.scandir(source) as listing:
+            entries = sorted(listing, key=lambda e: e.name)
+        for entry in entries:
+            path = os.path.join(source, entry.name)
+            entry_destination = posixpath.join(destination, entry.name)
+            # Only a symlink can lead out: a plain entry of a directory inside is inside too,
+            # so realpath (an lstat per path component) is paid for symlinks alone.
+            if entry.is_symlink() and not _inside(os.path.realpath(path), real_root):
+                self.fail(f"{path} is a symlink leading out of the revision")
+            elif entry.is_dir():
+                self._copy_dir(path, entry_destination, real_root, seen | {real})
             else:
-                self._copy_file(entry, entry_destination)
+                self._copy_file(path, entry_destination,
+                                plain=entry.is_file(follow_symlinks=False) or entry.is_symlink())
 
-    def _copy_file(self, source: str, destination: str) -> None:
-        mode = os.lstat(source).st_mode
-        if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+    def _copy_file(self, source: str, destination: str, *, plain: bool | None = None) -> None:
+        if plain is None:
+            mode = os.lstat(source).st_mode
+            plain = stat.S_ISREG(mode) or stat.S_ISLNK(mode)
+        if not plain:
             self.fail(f"{source} is a device, FIFO or socket; a revision may hold only files, "
                       "directories and symlinks")
             return

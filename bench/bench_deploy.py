@@ -52,6 +52,7 @@ def baseline(bundle: Path, work: Path) -> float:
         shutil.rmtree(path, ignore_errors=True)
     unpacked.mkdir()
     target.mkdir()
+    os.sync()  # start each side with no dirty data from the other (ext4 fsync cost depends on it)
     start = time.perf_counter()
     subprocess.run(["tar", "-xf", str(bundle), "-C", str(unpacked)], check=True)
     subprocess.run(["cp", "-a", str(unpacked / "app"), str(target / "bench")], check=True)
@@ -62,6 +63,7 @@ def deploy_local(bundle: Path, work: Path) -> tuple[float, int]:
     """Seconds and peak RSS (KiB) of one deploy-local run into a fresh root."""
     root = work / "root"
     shutil.rmtree(root, ignore_errors=True)
+    os.sync()
     start = time.perf_counter()
     process = subprocess.Popen([AGENT, "deploy-local", "-l", str(bundle), "-t", "tar",
                                 "--root", str(root)], stdout=subprocess.DEVNULL)

@@ -19,7 +19,6 @@ import pwd
 import shutil
 import stat
 import subprocess
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -153,9 +152,10 @@ class Installer:
                 os.mkdir(real)
         elif isinstance(step, Copy):
             real = self._real(step.destination)
-            if os.path.lexists(real):
+            exists = os.path.lexists(real)
+            if exists:
                 _note(log, real)  # OVERWRITE: listed only now that it is really replaced
-            copy_entry(step.source, real)
+            copy_entry(step.source, real, exists=exists)
         elif isinstance(step, Chmod):
             os.chmod(self._real(step.path), step.mode.bits)
         elif isinstance(step, SetAcl):
@@ -222,48 +222,65 @@ def _note(log: IO[str], path: str) -> None:
     log.flush()
 
 
-def copy_entry(source: str, destination: str) -> None:
+def copy_entry(source: str, destination: str, *, exists: bool | None = None) -> None:
     """Copy a file or symlink, keeping mode and times.
 
-    A file that already exists is replaced by renaming a complete copy over it, so a running
-    program never sees it half-written (and ETXTBSY cannot happen). A new file is written in
-    place: it is in the clean-up list already, so a crash mid-copy is undone next time.
+    A new file is written in place (it is in the clean-up list already, so a crash mid-copy is
+    undone next time). An existing one is replaced by renaming a complete copy over it, so a
+    running program never sees it half-written (and ETXTBSY cannot happen).
     """
-    if os.path.islink(source):
+    if exists is None:
+        exists = os.path.lexists(destination)
+    info = os.lstat(source)
+    if stat.S_ISLNK(info.st_mode):
         tmp = f"{destination}.pifleet-new"
         if os.path.lexists(tmp):
             os.unlink(tmp)
         os.symlink(os.readlink(source), tmp)
         os.replace(tmp, destination)
         return
-    if not os.path.lexists(destination):
-        try:
-            shutil.copyfile(source, destination)  # sendfile(2): no copy through Python
-            _keep_mode_and_times(source, destination)
-        except BaseException:
-            if os.path.lexists(destination):
-                os.unlink(destination)  # no half-written file left behind (disk full)
-            raise
+    if not exists:
+        _copy_file(source, destination)
         return
     directory, name = os.path.split(destination)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".pifleet-new", dir=directory)
-    os.close(fd)
+    tmp = os.path.join(directory, f".{name}.{os.getpid()}.pifleet-new")
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    _copy_file(source, tmp)
     try:
-        shutil.copyfile(source, tmp)
-        _keep_mode_and_times(source, tmp)
         os.replace(tmp, destination)
     except BaseException:
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
+        os.unlink(tmp)
         raise
 
 
-def _keep_mode_and_times(source: str, destination: str) -> None:
-    """What ``FileUtils.copy(preserve: true)`` keeps: mode and times (not xattrs: copystat's
-    per-file listxattr would cost more than the copy of a small file)."""
-    info = os.stat(source)
-    os.utime(destination, ns=(info.st_atime_ns, info.st_mtime_ns))
-    os.chmod(destination, stat.S_IMODE(info.st_mode))
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _copy_file(source: str, destination: str) -> None:
+    """Copy data (in the kernel), mode and times; never leaves a partial file behind."""
+    with open(source, "rb") as src:
+        info = os.fstat(src.fileno())
+        out = os.open(destination, _CREATE, 0o600)
+        try:
+            _copy_data(src.fileno(), out, info.st_size)
+            os.fchmod(out, stat.S_IMODE(info.st_mode))
+            os.utime(out, ns=(info.st_atime_ns, info.st_mtime_ns))
+        except BaseException:
+            os.close(out)
+            os.unlink(destination)  # a half-written file (disk full) must not stay
+            raise
+        os.close(out)
+
+
+def _copy_data(src: int, dst: int, size: int) -> None:
+    offset = 0
+    while True:
+        # sendfile(2) copies in the kernel; a size that changed under us is followed to EOF.
+        sent = os.sendfile(dst, src, offset, max(size - offset, 1024 * 1024))
+        if sent == 0:
+            return
+        offset += sent
 
 
 def _os_message(step: Step, exc: OSError) -> str:

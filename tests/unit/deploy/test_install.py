@@ -212,7 +212,7 @@ def test_disk_full_during_copy_is_a_clear_error(tmp_path: Path,
     def full(*_: object, **__: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("agent.deploy.install.shutil.copyfile", full)
+    monkeypatch.setattr("agent.deploy.install._copy_data", full)
     t = Target(tmp_path)
     with pytest.raises(InstallError, match=r"disk full.*free some space"):
         t.install(revision(tmp_path, APP, {"app/a.txt": "x"}))
