@@ -48,8 +48,8 @@ make_venv() {
     "$PYTHON" -m venv "$VENV"
   fi
   if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
-    echo "bootstrap: installing pifleet and its dev extras into $VENV"
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[dev]'
+    echo "bootstrap: installing pifleet with its dev and sandbox extras into $VENV"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[dev,sandbox]'
     touch "$STAMP"
   fi
 }
