@@ -1,0 +1,1 @@
+"""Descriptions of the AWS services the agent talks to, shipped as package data."""

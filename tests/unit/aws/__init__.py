@@ -1,0 +1,1 @@
+"""Tests of the AWS service descriptions the agent ships."""
