@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .faults import Faults
+
 ACCOUNT_ID = "123456789012"
 DEFAULT_REGION = "us-east-1"
 _ALNUM = string.ascii_uppercase + string.digits
@@ -176,6 +178,7 @@ class State:
         self.account_id = account_id
         self.clock = clock
         self.timeouts = timeouts or Timeouts()
+        self.faults = Faults(clock=clock)
         self.reset()
 
     def reset(self) -> None:
@@ -188,6 +191,7 @@ class State:
             self.deployments: dict[str, Deployment] = {}
             self.commands: dict[str, HostCommand] = {}
             self.nonce = 0
+            self.faults.clear()
             now = self.clock()
             # OneAtATime is special-cased by the orchestrator (all must succeed but the last);
             # 99 % is how it reads as a minimum-healthy-hosts figure.
