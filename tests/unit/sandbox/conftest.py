@@ -1,0 +1,58 @@
+"""A real sandbox server on a loopback port per test, strict about response shapes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+
+from fleet.sandbox.scripted_host import ScriptedHost, commands_client
+from fleet.sandbox.server import Endpoint, Sandbox
+from fleet.sandbox.state import Timeouts
+
+
+@dataclass
+class Fleet:
+    sandbox: Sandbox
+    endpoint: Endpoint
+
+    def client(self, service: str) -> Any:
+        e = self.endpoint
+        return boto3.client(service, endpoint_url=e.url, region_name=e.region,
+                            aws_access_key_id=e.access_key_id,
+                            aws_secret_access_key=e.secret_access_key,
+                            config=Config(retries={"total_max_attempts": 1}))
+
+    def host(self, name: str, tags: dict[str, str] | None = None, **behaviour: str,
+             ) -> ScriptedHost:
+        """An IAM user with a key (moto IAM), registered and tagged as an on-prem instance."""
+        iam = self.client("iam")
+        arn = iam.create_user(UserName=name, Path="/pifleet/")["User"]["Arn"]
+        key = iam.create_access_key(UserName=name)["AccessKey"]
+        codedeploy = self.client("codedeploy")
+        codedeploy.register_on_premises_instance(instanceName=name, iamUserArn=arn)
+        if tags:
+            codedeploy.add_tags_to_on_premises_instances(
+                instanceNames=[name], tags=[{"Key": k, "Value": v} for k, v in tags.items()])
+        client = commands_client(self.endpoint.url, self.endpoint.region,
+                                 key["AccessKeyId"], key["SecretAccessKey"])
+        return ScriptedHost(client, arn, dict(behaviour))
+
+
+@pytest.fixture(scope="session")
+def sandbox() -> Iterator[Sandbox]:
+    with Sandbox(strict=True, timeouts=Timeouts(start_s=2.0, event_s=2.0)) as server:
+        yield server
+
+
+@pytest.fixture
+def fleet(sandbox: Sandbox) -> Iterator[Fleet]:
+    """The shared sandbox, reset (ours and moto's state) for each test."""
+    sandbox.app.reset()
+    sandbox.app.shape_errors.clear()
+    yield Fleet(sandbox, sandbox.endpoint)
+    assert sandbox.app.shape_errors == [], "sandbox responses broke the service model"
