@@ -68,7 +68,7 @@ def test_missing_required_member(fleet: Fleet) -> None:
 def test_shape_checker_catches_a_response_that_clients_would_misread() -> None:
     checker = ShapeChecker(codedeploy_model())
     checker.check_output("GetOnPremisesInstance", {"instanceInfo": {"instanceName": "pi"}})
-    with pytest.raises(ShapeMismatch, match="unknown member 'instanceInfo.name'"):
+    with pytest.raises(ShapeMismatch, match=r"unknown member 'instanceInfo\.name'"):
         checker.check_output("GetOnPremisesInstance", {"instanceInfo": {"name": "pi"}})
     with pytest.raises(ShapeMismatch, match="registerTime"):
         checker.check_output("GetOnPremisesInstance",
