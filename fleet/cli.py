@@ -13,6 +13,7 @@ from rich.console import Console
 from appspec.check import check_revision
 
 from . import __version__
+from .sandbox_cli import app as sandbox_app
 
 app = typer.Typer(
     name="fleetctl",
@@ -21,6 +22,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+app.add_typer(sandbox_app, name="sandbox")
 
 
 class Output(StrEnum):

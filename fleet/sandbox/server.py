@@ -6,6 +6,8 @@ variables that point boto3, the AWS CLI and pifleet-agent at it.
 
 from __future__ import annotations
 
+import errno
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -61,8 +63,14 @@ class Sandbox:
                               signer=SigningIdentity.generate(),
                               moto_app=DomainDispatcherApplication(create_backend_app),
                               strict=strict)
-        self._server: BaseWSGIServer = make_server(host, port, self.app, threaded=True,
-                                                   request_handler=_QuietHandler)
+        if port:
+            _check_free(host, port)
+        try:
+            self._server: BaseWSGIServer = make_server(host, port, self.app, threaded=True,
+                                                       request_handler=_QuietHandler)
+        except SystemExit as exc:
+            # werkzeug prints its own message and exits on EADDRINUSE; we want the error.
+            raise OSError(errno.EADDRINUSE, f"port {port} is in use") from exc
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
 
@@ -103,6 +111,13 @@ class Sandbox:
 
     def __exit__(self, *_: object) -> None:
         self.stop()
+
+
+def _check_free(host: str, port: int) -> None:
+    """Fail with OSError(EADDRINUSE) before werkzeug would print to stderr and exit."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
 
 
 def wait_until(predicate: Any, timeout_s: float, interval_s: float = 0.05) -> bool:

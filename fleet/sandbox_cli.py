@@ -1,0 +1,87 @@
+"""``fleetctl sandbox``: the local control plane, for trying pifleet without an AWS account."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from .sandbox.control import SandboxError, read_state, run_foreground, start, stop_running
+from .sandbox.state import DEFAULT_REGION, Timeouts
+
+app = typer.Typer(help="Run a local stand-in for CodeDeploy, S3, IAM, STS and IoT.",
+                  no_args_is_help=True)
+DEFAULT_PORT = 4567
+
+
+@app.command()
+def up(
+    port: Annotated[int, typer.Option(help="Loopback port; 0 takes any free one.")
+                    ] = DEFAULT_PORT,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    region: Annotated[str, typer.Option(help="Region the sandbox answers as.")
+                      ] = DEFAULT_REGION,
+    output: Annotated[str, typer.Option(help="text or json.")] = "text",
+    event_timeout: Annotated[float, typer.Option(
+        help="Seconds a lifecycle event may run (CodeDeploy: 3600).")] = 3600.0,
+    start_timeout: Annotated[float, typer.Option(
+        help="Seconds an agent has to pick up an event (CodeDeploy: 300).")] = 300.0,
+) -> None:
+    """Run the sandbox in the foreground until Ctrl-C or `fleetctl sandbox down`.
+
+    Prints the endpoint, region and credentials to point boto3, the AWS CLI and
+    pifleet-agent at (with --output json, one JSON object).
+
+    Example: fleetctl sandbox up --port 0 --output json
+    """
+    if output not in ("text", "json"):
+        raise typer.BadParameter("use text or json", param_hint="--output")
+    try:
+        sandbox = start(host=host, port=port, region=region,
+                        timeouts=Timeouts(start_s=start_timeout, event_s=event_timeout))
+    except SandboxError as exc:
+        typer.echo(f"fleetctl sandbox up: {exc}", err=True)
+        raise typer.Exit(1) from None
+    endpoint = sandbox.endpoint
+    info = {**endpoint.as_dict(), "pid": os.getpid(),
+            "signer_certificate_url": f"{endpoint.url}/_pifleet/signer.pem"}
+    if output == "json":
+        sys.stdout.write(json.dumps(info) + "\n")
+    else:
+        typer.echo(f"pifleet sandbox listening on {endpoint.url} (region {endpoint.region})")
+        for key, value in endpoint.env().items():
+            typer.echo(f"  export {key}={value}")
+        typer.echo("Stop it with Ctrl-C or `fleetctl sandbox down`.")
+    sys.stdout.flush()
+    try:
+        run_foreground(sandbox, info)
+    except SandboxError as exc:
+        typer.echo(f"fleetctl sandbox up: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def down() -> None:
+    """Stop the sandbox started by `fleetctl sandbox up` in another shell."""
+    try:
+        info = stop_running()
+    except SandboxError as exc:
+        typer.echo(f"fleetctl sandbox down: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"stopped the sandbox at {info.get('endpoint_url')} (pid {info.get('pid')})")
+
+
+@app.command()
+def status(output: Annotated[str, typer.Option(help="text or json.")] = "text") -> None:
+    """Say whether a sandbox is running and where (exit 1 if none)."""
+    info = read_state()
+    if info is None:
+        typer.echo("no sandbox is running", err=True)
+        raise typer.Exit(1)
+    if output == "json":
+        sys.stdout.write(json.dumps(info) + "\n")
+    else:
+        typer.echo(f"sandbox running at {info['endpoint_url']} (pid {info['pid']})")
