@@ -14,7 +14,7 @@ from .auth import Credential
 from .errors import ServiceError
 from .orchestrator import complete, tick
 from .specs import SigningIdentity, deployment_spec_payload, sign_spec
-from .state import HostCommand, Instance, State
+from .state import Deployment, HostCommand, Instance, State
 
 Handler = Callable[[State, dict[str, Any], Credential, SigningIdentity], dict[str, Any]]
 
@@ -79,6 +79,14 @@ def get_deployment_specification(state: State, p: dict[str, Any], caller: Creden
         raise _client_error(f"Unknown deployment execution {p.get('DeploymentExecutionId')!r} "
                             "for this host.")
     deployment = state.deployments[command.deployment_id]
+    envelope = state.signed_specs.get(deployment.id)
+    if envelope is None:  # the same for every host and event of the deployment: sign once
+        envelope = state.signed_specs[deployment.id] = _signed_spec(deployment, signer)
+    return {"DeploymentSystem": "CodeDeploy",
+            "DeploymentSpecification": {"GenericEnvelope": envelope}}
+
+
+def _signed_spec(deployment: Deployment, signer: SigningIdentity) -> dict[str, str]:
     s3 = deployment.revision["s3Location"]
     s3_revision = {"Bucket": s3["bucket"], "Key": s3["key"], "BundleType": s3["bundleType"]}
     if s3.get("version"):
@@ -91,8 +99,7 @@ def get_deployment_specification(state: State, p: dict[str, Any], caller: Creden
         revision={"RevisionType": "S3", "S3Revision": s3_revision},
         file_exists_behavior=deployment.file_exists_behavior,
         deployment_creator=deployment.creator)
-    return {"DeploymentSystem": "CodeDeploy",
-            "DeploymentSpecification": {"GenericEnvelope": sign_spec(payload, signer)}}
+    return sign_spec(payload, signer)
 
 
 def _status_for_agent(command: HostCommand) -> str:

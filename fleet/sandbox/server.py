@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+from werkzeug.serving import BaseWSGIServer, ThreadedWSGIServer, WSGIRequestHandler
 
 from .app import SandboxApp
 from .auth import CredentialStore
@@ -32,6 +32,11 @@ SECRET_ACCESS_KEY = "testing"  # noqa: S105  (a placeholder, not a secret)
 class _QuietHandler(WSGIRequestHandler):
     def log_request(self, *args: Any, **kwargs: Any) -> None:
         pass  # one line per poll of 100 agents would drown everything else
+
+
+class _Server(ThreadedWSGIServer):
+    # A fleet of agents connects at once; the default backlog would refuse or reset some.
+    request_queue_size = 1024
 
 
 @dataclass(frozen=True)
@@ -66,8 +71,8 @@ class Sandbox:
         if port:
             _check_free(host, port)
         try:
-            self._server: BaseWSGIServer = make_server(host, port, self.app, threaded=True,
-                                                       request_handler=_QuietHandler)
+            self._server: BaseWSGIServer = _Server(host, port, self.app,
+                                                   handler=_QuietHandler)
         except SystemExit as exc:
             # werkzeug prints its own message and exits on EADDRINUSE; we want the error.
             raise OSError(errno.EADDRINUSE, f"port {port} is in use") from exc

@@ -8,6 +8,7 @@ identity is enough for the sandbox to exercise exactly the code path agents use 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -123,12 +124,20 @@ def spec_json(payload: Mapping[str, Any]) -> str:
     return json.dumps(_plain(payload), separators=(",", ":"), ensure_ascii=False)
 
 
-def sign_spec(payload: Mapping[str, Any], identity: SigningIdentity) -> dict[str, str]:
-    """A ``PKCS7/JSON`` envelope: PEM SignedData embedding the JSON and the signer certificate."""
-    cert = x509.load_pem_x509_certificate(identity.certificate_pem)
-    key = serialization.load_pem_private_key(identity.private_key_pem, password=None)
+@functools.lru_cache(maxsize=8)
+def _loaded(certificate_pem: bytes, private_key_pem: bytes) -> tuple[
+        x509.Certificate, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey]:
+    """Parsed once: loading an RSA key checks it, which costs tens of milliseconds."""
+    cert = x509.load_pem_x509_certificate(certificate_pem)
+    key = serialization.load_pem_private_key(private_key_pem, password=None)
     if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
         raise TypeError("the signing key must be RSA or EC")
+    return cert, key
+
+
+def sign_spec(payload: Mapping[str, Any], identity: SigningIdentity) -> dict[str, str]:
+    """A ``PKCS7/JSON`` envelope: PEM SignedData embedding the JSON and the signer certificate."""
+    cert, key = _loaded(identity.certificate_pem, identity.private_key_pem)
     signed = (
         pkcs7.PKCS7SignatureBuilder()
         .set_data(spec_json(payload).encode("utf-8"))

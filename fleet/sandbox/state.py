@@ -190,6 +190,7 @@ class State:
             self.configs: dict[str, DeploymentConfig] = {}
             self.deployments: dict[str, Deployment] = {}
             self.commands: dict[str, HostCommand] = {}
+            self.signed_specs: dict[str, dict[str, str]] = {}  # deployment id -> envelope
             self.nonce = 0
             self.faults.clear()
             now = self.clock()
