@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from . import bench_appspec, bench_deploy
+from . import bench_appspec, bench_deploy, bench_sandbox
 
 if __name__ == "__main__":
     print("== appspec")
     bench_appspec.main([])
     print("== deploy-local")
-    raise SystemExit(bench_deploy.main([]))
+    bench_deploy.main([])
+    print("== sandbox: 100 hosts")
+    raise SystemExit(bench_sandbox.main(["--seconds", "30"]))
