@@ -314,3 +314,26 @@ def test_injected_faults(fleet: Fleet) -> None:
     with pytest.raises(ClientError) as exc:
         cd.list_applications()
     assert exc.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+
+
+def test_delayed_and_dropped_commands(fleet: Fleet) -> None:
+    cd = setup_group(fleet)
+    host = fleet.host("pi-0", {"ring": "prod"})
+    fleet.sandbox.state.faults.apply({"kind": "delay_commands", "seconds": 0.5})
+    deployment = cd.create_deployment(applicationName="aqi", deploymentGroupName="pis",
+                                      revision=REVISION)["deploymentId"]
+    assert host.step() is None  # not visible yet
+    deadline = time.monotonic() + 10
+    while host.step() is None:
+        assert time.monotonic() < deadline, "the delayed command never arrived"
+        time.sleep(0.05)
+    assert host.seen == ["ApplicationStop"]
+    fleet.sandbox.state.faults.apply({"kind": "delay_commands", "seconds": 0})
+    fleet.sandbox.state.faults.apply({"kind": "drop_commands", "count": 1})
+    assert host.step() is None  # DownloadBundle was handed out and lost on the way
+    info = run(fleet, [host], deployment)
+    assert info["status"] == "Failed"
+    events = {e["lifecycleEventName"]: e
+              for e in targets(cd, deployment)["pi-0"]["lifecycleEvents"]}
+    assert events["DownloadBundle"]["status"] == "Failed"
+    assert "did not finish within" in events["DownloadBundle"]["diagnostics"]["message"]
