@@ -1,0 +1,221 @@
+"""``/etc/pifleet/agent.toml``: every key has a default, unknown keys are errors with their name.
+
+The official agent's ``codedeploy.onpremises.yml`` is accepted as is, through
+``[identity] onpremises_config``: its ``iam_user_arn``/keys or ``iam_session_arn``/credentials file
+and ``region`` fill the identity and region.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_PATH = Path("/etc/pifleet/agent.toml")
+MODES = ("iam-user", "iam-session", "iot-cert")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the file, the key and the fix."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    mode: str = "iot-cert"
+    host_identifier: str = ""  # iam_user_arn / iam_session_arn; iot-cert: checked when set
+    credentials_file: str = "/etc/pifleet/secrets/credentials"  # INI: [default] keys
+    profile: str = "default"
+    certificate: str = "/etc/pifleet/secrets/device.pem.crt"
+    private_key: str = "/etc/pifleet/secrets/private.pem.key"
+    credentials_endpoint: str = ""  # https://<prefix>.credentials.iot.<region>.amazonaws.com
+    credentials_ca_bundle: str = ""  # CA of the credentials provider (AmazonRootCA1.pem)
+    role_alias: str = ""
+    thing_name: str = ""
+    onpremises_config: str = ""  # the official agent's codedeploy.onpremises.yml
+
+
+@dataclass(frozen=True)
+class Aws:
+    region: str = ""
+    commands_endpoint: str = ""  # default https://codedeploy-commands.<region>.amazonaws.com
+    s3_endpoint: str = ""
+    sts_endpoint: str = ""
+    proxy: str = ""  # default: HTTPS_PROXY / NO_PROXY from the environment
+    ca_bundle: str = ""
+    read_timeout_s: float = 80.0
+
+
+@dataclass(frozen=True)
+class Agent:
+    poll_interval_s: float = 1.0
+    deployment_root: str = "/var/lib/pifleet/deployment-root"
+    status_file: str = "/var/lib/pifleet/agent-status.json"
+    install_root: str = "/"  # where AppSpec destinations land; "/" except in a sandbox
+    max_revisions: int = 5
+    shutdown_grace_s: float = 7200.0
+    wait_for_clock_sync: bool = True
+    spec_trust_anchors: str = ""  # PEM CA bundle; empty: verify the signature only
+    max_parallel_groups: int = 4
+    agent_version: str = ""
+
+
+@dataclass(frozen=True)
+class Deploy:
+    max_bundle_bytes: int = 2 * 1024**3
+    max_bundle_entries: int = 100_000
+    kill_grace_s: float = 10.0
+    outputs_grace_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class Config:
+    identity: Identity = field(default_factory=Identity)
+    aws: Aws = field(default_factory=Aws)
+    agent: Agent = field(default_factory=Agent)
+    deploy: Deploy = field(default_factory=Deploy)
+    path: str = ""
+
+
+SECTIONS: dict[str, type[Any]] = {"identity": Identity, "aws": Aws, "agent": Agent,
+                                  "deploy": Deploy}
+
+
+def load_config(path: Path = DEFAULT_PATH) -> Config:
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path} does not exist; install the pifleet-agent package or run "
+                          "`pifleet-agent enroll`") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    config = parse_config(raw, str(path))
+    if config.identity.onpremises_config:
+        config = apply_onpremises_yml(config, Path(config.identity.onpremises_config))
+    return validate(config)
+
+
+def parse_config(raw: dict[str, Any], where: str) -> Config:
+    values: dict[str, Any] = {}
+    for name, section in raw.items():
+        cls = SECTIONS.get(name)
+        if cls is None:
+            raise ConfigError(f"{where}: unknown section [{name}]; the sections are "
+                              f"{', '.join(f'[{s}]' for s in SECTIONS)}")
+        if not isinstance(section, dict):
+            raise ConfigError(f"{where}: {name} must be a section ([{name}])")
+        values[name] = _section(cls, section, f"{where} [{name}]")
+    return Config(**values, path=where)
+
+
+def _section(cls: type[Any], raw: dict[str, Any], where: str) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, given in raw.items():
+        value = given
+        f = known.get(key)
+        if f is None:
+            raise ConfigError(f"{where}: unknown key {key!r}; the keys are {', '.join(known)}")
+        default = f.default
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            value = float(value) if ok else value
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, str)
+        if not ok:
+            raise ConfigError(f"{where}: {key} must be a {type(default).__name__}, not "
+                              f"{value!r}")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def apply_onpremises_yml(config: Config, path: Path) -> Config:
+    """Identity and region from the official agent's on-premises file (same keys, same rules)."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError:
+        raise ConfigError(f"The deployment failed because the format of the following "
+                          f"on-premises configuration file is invalid: {path}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"The deployment failed because the format of the following "
+                          f"on-premises configuration file is invalid: {path}")
+    user, session = data.get("iam_user_arn"), data.get("iam_session_arn")
+    if user and session:
+        raise ConfigError(f"{path}: both iam_user_arn and iam_session_arn are set; keep one")
+    mode, required = (("iam-user", ("aws_access_key_id", "aws_secret_access_key", "region"))
+                      if user else ("iam-session", ("aws_credentials_file", "region")))
+    if not user and not session:
+        raise ConfigError(f"{path}: set iam_user_arn (with keys) or iam_session_arn (with "
+                          "aws_credentials_file)")
+    for key in required:
+        if not data.get(key):
+            raise ConfigError(f"'{key}' key is required when "
+                              f"'{'iam_user_arn' if user else 'iam_session_arn'}' is provided. "
+                              f"({path})")
+    identity = replace(config.identity, mode=mode, host_identifier=str(user or session),
+                       credentials_file=str(data.get("aws_credentials_file") or path))
+    return replace(config, identity=identity, aws=replace(config.aws, region=str(data["region"])))
+
+
+def validate(config: Config) -> Config:
+    where = config.path or "the configuration"
+    ident = config.identity
+    if ident.mode not in MODES:
+        raise ConfigError(f"{where} [identity]: mode must be one of {', '.join(MODES)}, not "
+                          f"{ident.mode!r}")
+    if not config.aws.region:
+        raise ConfigError(f"{where} [aws]: region is required (for example region = "
+                          "\"eu-west-1\")")
+    if ident.mode in ("iam-user", "iam-session") and not ident.host_identifier:
+        raise ConfigError(f"{where} [identity]: host_identifier is required in {ident.mode} "
+                          "mode: the IAM user or session ARN the device was registered with")
+    if ident.mode == "iot-cert":
+        for key in ("credentials_endpoint", "role_alias", "thing_name"):
+            if not getattr(ident, key):
+                raise ConfigError(f"{where} [identity]: {key} is required in iot-cert mode")
+    if config.agent.poll_interval_s <= 0 or config.agent.max_revisions < 1:
+        raise ConfigError(f"{where} [agent]: poll_interval_s must be > 0 and max_revisions "
+                          ">= 1")
+    return config
+
+
+def secret_files(config: Config) -> list[str]:
+    ident = config.identity
+    if ident.mode == "iot-cert":
+        return [ident.private_key]
+    if ident.onpremises_config and ident.mode == "iam-user":
+        return [ident.onpremises_config]
+    return [ident.credentials_file]
+
+
+def check_secret_file(path: str) -> None:
+    """A secret must be a regular file, readable by its owner only, owned by root (or by the
+    user the agent runs as, when it is not root: a developer's machine)."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise ConfigError(f"{path} does not exist; run `pifleet-agent enroll` with the device's "
+                          "enrollment bundle") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigError(f"{path} is not a regular file")
+    if info.st_mode & 0o077:
+        raise ConfigError(f"{path} holds secrets but has mode "
+                          f"{stat.S_IMODE(info.st_mode):04o}; run `chmod 600 {path}`")
+    owner_ok = info.st_uid == 0 or info.st_uid == os.geteuid()
+    if not owner_ok:
+        raise ConfigError(f"{path} holds secrets but is owned by uid {info.st_uid}; run "
+                          f"`chown root: {path}`")
