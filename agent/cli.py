@@ -7,6 +7,8 @@ memory matter more than colour.
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,9 +18,13 @@ from appspec.check import check_revision
 from appspec.report import EXIT_USAGE
 
 from . import __version__
+from .config import DEFAULT_PATH, ConfigError, load_config
 from .deploy.bundle import BundleType
 from .deploy.errors import DeployError
 from .deploy.local import LocalOptions, UsageError, deploy_local, summary
+from .doctor import run_checks
+from .service import AgentService, StartupError
+from .systemd import under_systemd
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,7 +51,27 @@ def _parser() -> argparse.ArgumentParser:
                           help="previous revision, to flag changed ApplicationStop scripts")
     validate.add_argument("--strict", action="store_true", help="fail on warnings too")
     _deploy_local_parser(commands)
+    _daemon_parsers(commands)
     return parser
+
+
+def _daemon_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    run = commands.add_parser("run", help="run the agent daemon (what systemd starts)",
+                              description="Poll CodeDeploy for this device and run its "
+                                          "deployments until SIGTERM.")
+    run.add_argument("--config", default=str(DEFAULT_PATH), metavar="PATH")
+    run.add_argument("--log-level", default="INFO",
+                     choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    status = commands.add_parser("status", help="what the daemon is doing",
+                                 description="Show the daemon's state, running deployments and "
+                                             "last results.")
+    status.add_argument("--config", default=str(DEFAULT_PATH), metavar="PATH")
+    status.add_argument("--output", choices=("text", "json"), default="text")
+    doctor = commands.add_parser("doctor", help="check everything the agent needs",
+                                 description="Check the configuration, secrets, clock, "
+                                             "endpoint, credentials, identity, disk and power; "
+                                             "exit 1 if anything fails.")
+    doctor.add_argument("--config", default=str(DEFAULT_PATH), metavar="PATH")
 
 
 def _deploy_local_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -93,11 +119,66 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     if args.command == "deploy-local":
         return _deploy_local(args)
+    if args.command == "run":
+        return _run(args)
+    if args.command == "status":
+        return _status(args)
+    if args.command == "doctor":
+        return _doctor(args)
     result = check_revision(args.revision, filename=args.appspec_filename, output=args.output,
                             with_explanation=args.explain, previous=args.previous,
                             strict=args.strict)
     sys.stdout.write(result.text + "\n")
     return result.status
+
+
+def _run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s" if under_systemd()
+                        else "%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return AgentService(Path(args.config)).run()
+    except (ConfigError, StartupError) as exc:
+        sys.stderr.write(f"pifleet-agent: {exc}\n")
+        return 1
+
+
+def _status(args: argparse.Namespace) -> int:
+    try:
+        path = Path(load_config(Path(args.config)).agent.status_file)
+    except ConfigError as exc:
+        sys.stderr.write(f"pifleet-agent status: {exc}\n")
+        return 1
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError):
+        sys.stderr.write(f"pifleet-agent status: no status in {path}; is the daemon running? "
+                         "(systemctl status pifleet-agent)\n")
+        return 1
+    if args.output == "json":
+        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+        return 0
+    identity = document.get("identity") or {}
+    lines = [f"state: {document.get('state')} (pid {document.get('pid')}, version "
+             f"{document.get('version')})",
+             f"identity: {identity.get('host_identifier', '?')} ({identity.get('mode', '?')})"]
+    for deployment, event in (document.get("running") or {}).items():
+        lines.append(f"running: {deployment} {event}")
+    if document.get("last_error"):
+        lines.append(f"last error: {document['last_error']}")
+    for result in (document.get("last_results") or [])[-5:]:
+        lines.append(f"  {result['deployment_id']} {result['event']}: code "
+                     f"{result['error_code']} {result['message']}")
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    failed = False
+    for check in run_checks(Path(args.config)):
+        sys.stdout.write(check.line() + "\n")
+        failed = failed or check.status == "FAIL"
+    return 1 if failed else 0
 
 
 def _deploy_local(args: argparse.Namespace) -> int:
