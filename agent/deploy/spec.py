@@ -31,6 +31,9 @@ class Revision:
     version: str | None = None
     etag: str | None = None
     commit: str | None = None
+    # GitHub revisions: the fetcher builds the repository's tarball/zipball URL from these.
+    account: str | None = None
+    repository: str | None = None
 
     def environment(self) -> dict[str, str]:
         """``BUNDLE_*`` variables for hooks; like upstream, unset values are absent."""
