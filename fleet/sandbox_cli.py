@@ -9,7 +9,14 @@ from typing import Annotated
 
 import typer
 
-from .sandbox.control import SandboxError, read_state, run_foreground, start, stop_running
+from .sandbox.control import (
+    SandboxError,
+    read_state,
+    run_foreground,
+    start,
+    stop_running,
+    write_credentials_ca,
+)
 from .sandbox.state import DEFAULT_REGION, Timeouts
 
 app = typer.Typer(help="Run a local stand-in for CodeDeploy, S3, IAM, STS and IoT.",
@@ -46,14 +53,27 @@ def up(
         typer.echo(f"fleetctl sandbox up: {exc}", err=True)
         raise typer.Exit(1) from None
     endpoint = sandbox.endpoint
+    try:
+        ca_path = write_credentials_ca(sandbox)
+    except OSError as exc:
+        sandbox.stop()
+        typer.echo(f"fleetctl sandbox up: cannot write the credentials provider's CA: {exc}",
+                   err=True)
+        raise typer.Exit(1) from None
     info = {**endpoint.as_dict(), "pid": os.getpid(),
-            "signer_certificate_url": f"{endpoint.url}/_pifleet/signer.pem"}
+            "signer_certificate_url": f"{endpoint.url}/_pifleet/signer.pem",
+            "credentials_endpoint": sandbox.credentials_endpoint,
+            "credentials_ca": str(ca_path),
+            "credentials_ca_url": f"{endpoint.url}/_pifleet/credentials-ca.pem"}
     if output == "json":
         sys.stdout.write(json.dumps(info) + "\n")
     else:
         typer.echo(f"pifleet sandbox listening on {endpoint.url} (region {endpoint.region})")
         for key, value in endpoint.env().items():
             typer.echo(f"  export {key}={value}")
+        typer.echo(f"IoT credentials provider (agent credentials_endpoint): "
+                   f"{sandbox.credentials_endpoint}")
+        typer.echo(f"  its CA (agent credentials_ca_bundle): {ca_path}")
         typer.echo("Stop it with Ctrl-C or `fleetctl sandbox down`.")
     sys.stdout.flush()
     try:
@@ -61,6 +81,8 @@ def up(
     except SandboxError as exc:
         typer.echo(f"fleetctl sandbox up: {exc}", err=True)
         raise typer.Exit(1) from None
+    finally:
+        ca_path.unlink(missing_ok=True)
 
 
 @app.command()

@@ -27,6 +27,7 @@ from .errors import ServiceError, validation
 from .shapes import ShapeChecker, ShapeMismatch
 from .specs import SigningIdentity
 from .state import State
+from .sts_identity import StsIdentity, restore_body
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,10 @@ class SandboxApp:
         self.requests = 0
         self._codedeploy = ShapeChecker(codedeploy_model())
         self._commands = ShapeChecker(commands_model())
+        # moto's STS cannot tell who holds a key the sandbox issued (IoT credentials provider).
+        self.sts_identity = StsIdentity(credentials)
+        # Set by Sandbox once its credentials provider exists; served at /_pifleet/.
+        self.credentials_ca_pem: bytes | None = None
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -67,7 +72,25 @@ class SandboxApp:
             return _respond(start_response, status, body, "application/x-amz-json-1.1")
         if self.moto_app is None:
             return _respond(start_response, 404, b'{"message": "no such service here"}')
+        if self.sts_identity.claims(environ):
+            return self._sts(environ, start_response, self.moto_app)
         return self.moto_app(environ, start_response)
+
+    def _sts(self, environ: dict[str, Any], start_response: StartResponse,
+             moto_app: Callable[..., Iterable[bytes]]) -> Iterable[bytes]:
+        """GetCallerIdentity for a sandbox-issued key; other actions go on to moto."""
+        try:
+            body = _read_body(environ)
+        except ServiceError as exc:
+            return _respond(start_response, exc.status, exc.body())
+        if self.sts_identity.action(environ, body) != "GetCallerIdentity":
+            restore_body(environ, body)
+            return moto_app(environ, start_response)
+        status, reply = self.sts_identity.handle(
+            body, method=environ.get("REQUEST_METHOD", "POST"),
+            path_and_query=_path_and_query(environ), headers=_headers(environ),
+            now=self.state.clock())
+        return _respond(start_response, status, reply, "text/xml")
 
     # -- our JSON 1.1 services ---------------------------------------------------------
 
@@ -131,6 +154,9 @@ class SandboxApp:
             if path == "/_pifleet/signer.pem":
                 return _respond(start_response, 200, self.signer.certificate_pem,
                                 "application/x-pem-file")
+            if path == "/_pifleet/credentials-ca.pem" and self.credentials_ca_pem:
+                return _respond(start_response, 200, self.credentials_ca_pem,
+                                "application/x-pem-file")
             if path == "/_pifleet/reset" and method == "POST":
                 self.reset()
                 return _respond(start_response, 200, b"{}")
@@ -146,7 +172,7 @@ class SandboxApp:
             return _respond(start_response, exc.status, exc.body())
         return _respond(start_response, 404, json.dumps(
             {"message": f"no {method} {path}; see /_pifleet/health, /reset, /faults, "
-                        "/signer.pem"}).encode())
+                        "/signer.pem, /credentials-ca.pem"}).encode())
 
     def reset(self) -> None:
         self.state.reset()
@@ -198,7 +224,8 @@ def _path_and_query(environ: dict[str, Any]) -> str:
 
 def _respond(start_response: StartResponse, status: int, body: bytes,
              content_type: str = "application/json") -> list[bytes]:
-    reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 413: "Payload Too Large",
+    reason = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
+              413: "Payload Too Large",
               500: "Internal Server Error", 503: "Service Unavailable"}.get(status, "Error")
     start_response(f"{status} {reason}", [("Content-Type", content_type),
                                           ("Content-Length", str(len(body)))])

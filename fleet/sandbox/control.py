@@ -41,6 +41,17 @@ def read_state(path: Path | None = None) -> dict[str, Any] | None:
     return data
 
 
+def write_credentials_ca(sandbox: Sandbox, *, directory: Path | None = None) -> Path:
+    """Write the credentials provider's CA next to the state file, for the agent's
+    ``credentials_ca_bundle``.  The pid in the name keeps a second ``up`` (which will refuse to
+    run) from overwriting the CA of the sandbox already running; the caller removes the file."""
+    directory = directory or state_file().parent
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"credentials-ca-{os.getpid()}.pem"
+    path.write_bytes(sandbox.credentials_ca_pem)
+    return path
+
+
 def start(*, host: str, port: int, region: str, timeouts: Timeouts) -> Sandbox:
     try:
         return Sandbox(host=host, port=port, region=region, timeouts=timeouts).start()

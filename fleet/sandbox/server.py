@@ -18,6 +18,7 @@ from werkzeug.serving import BaseWSGIServer, ThreadedWSGIServer, WSGIRequestHand
 
 from .app import SandboxApp
 from .auth import CredentialStore
+from .iot_credentials import CredentialsProvider
 from .orchestrator import tick
 from .specs import SigningIdentity
 from .state import ACCOUNT_ID, DEFAULT_REGION, State, Timeouts
@@ -76,6 +77,16 @@ class Sandbox:
         except SystemExit as exc:
             # werkzeug prints its own message and exits on EADDRINUSE; we want the error.
             raise OSError(errno.EADDRINUSE, f"port {port} is in use") from exc
+        try:
+            # The IoT credentials provider (mutual TLS) on a port of its own, as in AWS.
+            self.credentials_provider = CredentialsProvider(
+                self.credentials, account_id=self.state.account_id, region=region,
+                # Late-bound: tests replace state.clock after the sandbox starts.
+                clock=lambda: self.state.clock(), host=host)  # noqa: PLW0108
+        except BaseException:
+            self._server.server_close()
+            raise
+        self.app.credentials_ca_pem = self.credentials_provider.ca.ca_pem
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
 
@@ -85,23 +96,42 @@ class Sandbox:
         host_text = host.decode() if isinstance(host, bytes) else str(host)
         return Endpoint(f"http://{host_text}:{port}", self.state.region)
 
+    @property
+    def credentials_endpoint(self) -> str:
+        """``https://127.0.0.1:<port>``: the agent's ``credentials_endpoint`` (iot-cert mode)."""
+        return self.credentials_provider.url
+
+    @property
+    def credentials_ca_pem(self) -> bytes:
+        """The CA that issued the credentials endpoint's server certificate."""
+        return self.credentials_provider.ca.ca_pem
+
+    @property
+    def credentials_ca_file(self) -> str:
+        """A file holding ``credentials_ca_pem`` (the agent's ``credentials_ca_bundle``); it is
+        removed when the sandbox stops."""
+        return str(self.credentials_provider.ca_file)
+
     def start(self) -> Sandbox:
         for target in (self._server.serve_forever, self._ticker):
             thread = threading.Thread(target=target, daemon=True, name="pifleet-sandbox")
             thread.start()
             self._threads.append(thread)
+        self.credentials_provider.start()
         return self
 
     def serve_forever(self) -> None:
         """Foreground mode (``fleetctl sandbox up``): returns when ``stop`` is called."""
         ticker = threading.Thread(target=self._ticker, daemon=True)
         ticker.start()
+        self.credentials_provider.start()
         self._server.serve_forever()
 
     def stop(self) -> None:
         self._stopping.set()
         self._server.shutdown()
         self._server.server_close()
+        self.credentials_provider.stop()
         for thread in self._threads:
             thread.join(timeout=5)
 
