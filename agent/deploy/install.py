@@ -117,6 +117,8 @@ class Installer:
             raise InstallError(
                 f"could not remove {len(left)} file(s) of the previous install, for example "
                 f"{left[0]!r}; remove them by hand (or fix their permissions) and deploy again")
+        if str(self._root) != "/":
+            self._root.mkdir(parents=True, exist_ok=True)  # a sandbox prefix made on first use
         plan = plan_install(appspec, archive, file_exists_behavior=spec.file_exists_behavior,
                             target=RootedTarget(str(self._root)))
         write_atomic(self._install_json, json.dumps(plan.to_instructions()))

@@ -1,0 +1,190 @@
+"""A sandbox and real `pifleet-agent run` processes configured against it."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+
+from fleet.sandbox.server import Sandbox
+from fleet.sandbox.state import Timeouts
+
+AGENT = str(Path(sys.executable).parent / "pifleet-agent")
+ROLE = "arn:aws:iam::123456789012:role/CodeDeployServiceRole"
+BUCKET = "pifleet-artifacts"
+
+
+def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def revision_zip(hooks: dict[str, str], files: dict[str, str] | None = None) -> bytes:
+    """A bundle whose hooks run the given shell bodies (all appending to $PROOF_FILE first)."""
+    lines = ["version: 0.0", "os: linux", "files:", "  - source: app",
+             "    destination: /opt/proof", "hooks:"]
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for event, body in hooks.items():
+            script = (f'#!/bin/sh\necho "{event} $DEPLOYMENT_ID" >> "$PROOF_FILE"\n{body}\n')
+            info = zipfile.ZipInfo(f"scripts/{event}.sh")
+            info.external_attr = 0o100755 << 16
+            zf.writestr(info, script)
+            lines += [f"  {event}:", f"    - location: scripts/{event}.sh", "      timeout: 60"]
+        zf.writestr("appspec.yml", "\n".join(lines) + "\n")
+        for name, text in (files or {"version.txt": "1"}).items():
+            zf.writestr(f"app/{name}", text)
+    return buffer.getvalue()
+
+
+@dataclass
+class Device:
+    name: str
+    arn: str
+    config: Path
+    root: Path
+    process: subprocess.Popen[bytes] | None = None
+    log: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+    def start(self) -> None:
+        assert self.log is not None
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen([AGENT, "run", "--config", str(self.config),
+                                             "--log-level", "DEBUG"],
+                                            stdout=out, stderr=out, env=self.env)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30) -> int:
+        assert self.process is not None
+        self.process.send_signal(sig)
+        code = self.process.wait(timeout=timeout_s)
+        self.process = None
+        return code
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log else ""
+
+
+@dataclass
+class World:
+    sandbox: Sandbox
+    tmp: Path
+    devices: list[Device] = field(default_factory=list)
+
+    def client(self, service: str) -> Any:
+        e = self.sandbox.endpoint
+        return boto3.client(service, endpoint_url=e.url, region_name=e.region,
+                            aws_access_key_id=e.access_key_id,
+                            aws_secret_access_key=e.secret_access_key,
+                            config=Config(retries={"total_max_attempts": 1}))
+
+    def setup_fleet(self) -> None:
+        self.client("s3").create_bucket(Bucket=BUCKET)
+        cd = self.client("codedeploy")
+        cd.create_application(applicationName="proof")
+        cd.create_deployment_group(
+            applicationName="proof", deploymentGroupName="pis", serviceRoleArn=ROLE,
+            deploymentConfigName="CodeDeployDefault.AllAtOnce",
+            onPremisesInstanceTagFilters=[{"Key": "fleet", "Value": "proof",
+                                           "Type": "KEY_AND_VALUE"}])
+
+    def device(self, name: str, *, trust_anchor: bool = True, **agent: Any) -> Device:
+        """An IAM-user device: key in a 0600 file, registered and tagged, agent configured."""
+        iam = self.client("iam")
+        arn = iam.create_user(UserName=name)["User"]["Arn"]
+        key = iam.create_access_key(UserName=name)["AccessKey"]
+        cd = self.client("codedeploy")
+        cd.register_on_premises_instance(instanceName=name, iamUserArn=arn)
+        cd.add_tags_to_on_premises_instances(instanceNames=[name],
+                                             tags=[{"Key": "fleet", "Value": "proof"}])
+        home = self.tmp / name
+        (home / "secrets").mkdir(parents=True)
+        credentials = home / "secrets" / "credentials"
+        credentials.write_text(f"[default]\naws_access_key_id = {key['AccessKeyId']}\n"
+                               f"aws_secret_access_key = {key['SecretAccessKey']}\n")
+        credentials.chmod(0o600)
+        anchor = home / "signer.pem"
+        with urllib.request.urlopen(f"{self.sandbox.endpoint.url}/_pifleet/signer.pem",  # noqa: S310
+                                    timeout=10) as response:
+            anchor.write_bytes(response.read())
+        settings = {"poll_interval_s": 0.2, "deployment_root": str(home / "deployment-root"),
+                    "status_file": str(home / "status.json"), "install_root": str(home / "fs"),
+                    "wait_for_clock_sync": False,
+                    "spec_trust_anchors": str(anchor) if trust_anchor else "", **agent}
+        e = self.sandbox.endpoint
+        config = home / "agent.toml"
+        config.write_text(
+            "[identity]\nmode = \"iam-user\"\n"
+            f"host_identifier = \"{arn}\"\ncredentials_file = \"{credentials}\"\n\n"
+            f"[aws]\nregion = \"{e.region}\"\ncommands_endpoint = \"{e.url}\"\n"
+            f"s3_endpoint = \"{e.url}\"\nsts_endpoint = \"{e.url}\"\n\n[agent]\n"
+            + "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items()))
+        device = Device(name, arn, config, home, log=home / "agent.log",
+                        env={**os.environ, "PROOF_FILE": str(home / "proof.txt")})
+        self.devices.append(device)
+        return device
+
+    def push(self, key: str, bundle: bytes) -> dict[str, Any]:
+        s3 = self.client("s3")
+        etag = s3.put_object(Bucket=BUCKET, Key=key, Body=bundle)["ETag"].strip('"')
+        return {"revisionType": "S3", "s3Location": {"bucket": BUCKET, "key": key,
+                                                     "bundleType": "zip", "eTag": etag}}
+
+    def deploy(self, revision: dict[str, Any]) -> str:
+        return str(self.client("codedeploy").create_deployment(
+            applicationName="proof", deploymentGroupName="pis", revision=revision)[
+            "deploymentId"])
+
+    def wait_deployment(self, deployment_id: str, timeout_s: float = 60) -> dict[str, Any]:
+        cd = self.client("codedeploy")
+
+        def done() -> dict[str, Any] | None:
+            info = cd.get_deployment(deploymentId=deployment_id)["deploymentInfo"]
+            return None if info["status"] in ("Created", "Queued", "InProgress") else info
+
+        try:
+            return dict(wait_for(done, timeout_s, f"deployment {deployment_id}"))
+        except AssertionError:
+            logs = "\n".join(f"--- {d.name}\n{d.output()[-3000:]}" for d in self.devices)
+            raise AssertionError(f"deployment {deployment_id} did not finish:\n{logs}") from None
+
+    def events(self, deployment_id: str, target: str) -> dict[str, Any]:
+        found = self.client("codedeploy").batch_get_deployment_targets(
+            deploymentId=deployment_id, targetIds=[target])["deploymentTargets"][0]
+        return {e["lifecycleEventName"]: e for e in found["instanceTarget"]["lifecycleEvents"]}
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    with Sandbox(strict=True, timeouts=Timeouts(start_s=60, event_s=120)) as sandbox:
+        sandbox.app.reset()  # moto's backends are process-wide: start from nothing
+        w = World(sandbox, tmp_path)
+        w.setup_fleet()
+        try:
+            yield w
+        finally:
+            for device in w.devices:
+                if device.process is not None:
+                    device.process.kill()
+                    device.process.wait()
+        assert sandbox.app.shape_errors == []

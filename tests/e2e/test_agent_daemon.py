@@ -1,0 +1,106 @@
+"""`pifleet-agent run` as a real process against the sandbox: the whole command plane."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from fleet.sandbox.specs import SigningIdentity
+
+from .conftest import World, revision_zip, wait_for
+
+pytestmark = pytest.mark.integration
+IN_PLACE = ["ApplicationStop", "DownloadBundle", "BeforeInstall", "Install", "AfterInstall",
+            "ApplicationStart", "ValidateService"]
+HOOKS = ("ApplicationStop", "BeforeInstall", "AfterInstall", "ApplicationStart",
+         "ValidateService")
+
+
+def test_a_deployment_runs_every_event_and_reports_it(world: World) -> None:
+    device = world.device("pi-1")
+    device.start()
+    revision = world.push("proof/v1.zip", revision_zip({h: "true" for h in HOOKS}))
+    deployment = world.deploy(revision)
+    info = world.wait_deployment(deployment)
+    assert info["status"] == "Succeeded", device.output()[-3000:]
+    events = world.events(deployment, "pi-1")
+    assert [e for e in IN_PLACE if events[e]["status"] == "Succeeded"] == IN_PLACE
+    proof = (device.root / "proof.txt").read_text().split()
+    assert proof[0::2] == ["BeforeInstall", "AfterInstall", "ApplicationStart",
+                           "ValidateService"]  # no ApplicationStop: first deployment
+    assert set(proof[1::2]) == {deployment}
+    assert (device.root / "fs" / "opt" / "proof" / "version.txt").read_text() == "1"
+    status = json.loads((device.root / "status.json").read_text())
+    assert status["identity"] == {"mode": "iam-user", "host_identifier": device.arn}
+    assert device.stop() == 0
+
+
+def test_a_failing_hook_fails_the_deployment_with_its_diagnostics(world: World) -> None:
+    device = world.device("pi-1")
+    device.start()
+    hooks = {h: "true" for h in HOOKS}
+    hooks["AfterInstall"] = "echo 'sensor missing' >&2; exit 3"
+    deployment = world.deploy(world.push("proof/bad.zip", revision_zip(hooks)))
+    info = world.wait_deployment(deployment)
+    assert info["status"] == "Failed"
+    events = world.events(deployment, "pi-1")
+    failed = events["AfterInstall"]
+    assert failed["status"] == "Failed"
+    assert failed["diagnostics"]["errorCode"] == "ScriptFailed"
+    assert failed["diagnostics"]["scriptName"] == "scripts/AfterInstall.sh"
+    assert "failed with exit code 3" in failed["diagnostics"]["message"]
+    assert "[stderr]sensor missing" in failed["diagnostics"]["logTail"]
+    assert events["ApplicationStart"]["status"] == "Skipped"
+
+
+def test_sigkill_during_a_hook_is_reported_after_restart(world: World) -> None:
+    device = world.device("pi-1")
+    device.start()
+    marker = device.root / "hook.pid"
+    hooks = {h: "true" for h in HOOKS}
+    hooks["ApplicationStart"] = f"echo $$ > {marker}; sleep 300"
+    deployment = world.deploy(world.push("proof/hang.zip", revision_zip(hooks)))
+    wait_for(marker.exists, 60, "ApplicationStart to begin")
+    device.stop(signal.SIGKILL)
+    hook_pid = int(marker.read_text())
+    os.killpg(hook_pid, signal.SIGKILL)  # the hook outlives the agent: its own session
+    device.start()
+    info = world.wait_deployment(deployment)
+    assert info["status"] == "Failed"
+    failed = world.events(deployment, "pi-1")["ApplicationStart"]
+    assert failed["diagnostics"]["message"] == ("Failed: Failing in-progress lifecycle event "
+                                                "after an agent restart.")
+    ongoing = device.root / "deployment-root" / "ongoing-deployment"
+    assert not any(ongoing.iterdir())
+    # The next deployment succeeds.
+    good = world.deploy(world.push("proof/v2.zip", revision_zip({h: "true" for h in HOOKS},
+                                                                 {"version.txt": "2"})))
+    assert world.wait_deployment(good)["status"] == "Succeeded", device.output()[-3000:]
+
+
+def test_a_spec_signed_by_an_untrusted_key_is_refused(world: World, tmp_path: Path) -> None:
+    other = tmp_path / "other-ca.pem"
+    other.write_bytes(SigningIdentity.generate("someone else").certificate_pem)
+    device = world.device("pi-1", spec_trust_anchors=str(other))
+    device.start()
+    deployment = world.deploy(world.push("proof/v1.zip", revision_zip({h: "true"
+                                                                       for h in HOOKS})))
+    info = world.wait_deployment(deployment)
+    assert info["status"] == "Failed"
+    first = world.events(deployment, "pi-1")["ApplicationStop"]
+    assert "signature does not verify" in first["diagnostics"]["message"]
+    assert not (device.root / "proof.txt").exists()  # nothing ran
+
+
+def test_bad_configuration_stops_with_a_clear_message(world: World) -> None:
+    device = world.device("pi-1")
+    (device.root / "secrets" / "credentials").chmod(0o644)
+    device.start()
+    assert device.process is not None
+    assert device.process.wait(timeout=30) == 1
+    assert "chmod 600" in device.output()
+    assert "Traceback" not in device.output()
