@@ -1,7 +1,8 @@
 """AWS Signature Version 4 verification for the sandbox's HTTP endpoints.
 
 The sandbox authenticates agents the way AWS does: it recomputes the SigV4 signature of each
-request from the secret it knows for the access key and compares it with the one sent.  Secrets
+request from the secret it knows for the access key and compares it with the one sent, using the
+agent's own canonicalisation (:mod:`agent.aws.sigv4`), so signer and verifier cannot drift.  Secrets
 come from a :class:`CredentialStore` (credentials the sandbox issued itself, plus the IAM access
 keys and STS AssumeRole sessions held by moto in the same process).
 
@@ -26,18 +27,21 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import quote, unquote
 
+from agent.aws.sigv4 import (
+    ALGORITHM,
+    AMZ_DATE_FORMAT,
+    TERMINATOR,
+    UNSIGNED_PAYLOAD,
+    canonical_request,
+    signature,
+    string_to_sign,
+)
 from fleet.sandbox.errors import ServiceError
 
 __all__ = ["Credential", "CredentialStore", "verify_sigv4"]
 
 log = logging.getLogger(__name__)
-
-ALGORITHM = "AWS4-HMAC-SHA256"
-TERMINATOR = "aws4_request"
-UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
-AMZ_DATE_FORMAT = "%Y%m%dT%H%M%SZ"
 
 # AWS wording, verbatim: agents and SDKs match on these.
 MISSING_AUTH_MESSAGE = "Missing Authentication Token"
@@ -241,18 +245,21 @@ def verify_sigv4(
             "The provided 'x-amz-content-sha256' header does not match what was computed."
         )
 
-    canonical_request = _canonical_request(
-        method, path_and_query, values, auth.signed_headers, payload_hash
+    path, _, query = path_and_query.partition("?")
+    # Repeated headers are trimmed one by one, then joined, as the client canonicalised them.
+    signed_values = {
+        name: ",".join(" ".join(v.split()) for v in values[name]) for name in auth.signed_headers
+    }
+    canonical = canonical_request(
+        method, path, query, signed_values, auth.signed_headers, payload_hash
     )
-    string_to_sign = "\n".join(
-        [
-            ALGORITHM,
-            amz_date,
-            auth.scope,
-            hashlib.sha256(canonical_request.encode()).hexdigest(),
-        ]
+    expected = signature(
+        credential.secret_access_key,
+        auth.date,
+        auth.region,
+        auth.service,
+        string_to_sign(amz_date, auth.scope, canonical),
     )
-    expected = _signature(credential.secret_access_key, auth, string_to_sign)
     # surrogateescape: a garbled (non-ASCII) signature must compare unequal, not crash.
     if not hmac.compare_digest(
         expected.encode(), auth.signature.encode("utf-8", "surrogateescape")
@@ -262,7 +269,7 @@ def verify_sigv4(
         log.debug(
             "SigV4 mismatch for %s; canonical request:\n%s",
             auth.access_key_id,
-            _redact(canonical_request, credential.session_token),
+            _redact(canonical, credential.session_token),
         )
         raise _invalid_signature(BAD_SIGNATURE_MESSAGE)
     return credential
@@ -361,76 +368,6 @@ def _check_skew(signed_at: datetime, now: float, max_skew_s: float) -> None:
 
 def _fmt(moment: datetime) -> str:
     return moment.strftime(AMZ_DATE_FORMAT)
-
-
-def _canonical_request(
-    method: str,
-    path_and_query: str,
-    values: Mapping[str, list[str]],
-    signed_headers: tuple[str, ...],
-    payload_hash: str,
-) -> str:
-    path, _, query = path_and_query.partition("?")
-    headers = "".join(
-        f"{name}:{','.join(' '.join(v.split()) for v in values[name])}\n" for name in signed_headers
-    )
-    return "\n".join(
-        [
-            method.upper(),
-            _canonical_uri(path),
-            _canonical_query(query),
-            headers,
-            ";".join(signed_headers),
-            payload_hash,
-        ]
-    )
-
-
-def _canonical_uri(path: str) -> str:
-    """Non-S3 services: normalize the path, then URI-encode it (again: the wire path is
-    already encoded, and AWS signs it encoded twice)."""
-    return quote(_remove_dot_segments(path), safe="/~")
-
-
-def _remove_dot_segments(path: str) -> str:
-    """RFC 3986 dot-segment removal; AWS also drops empty segments (``//``)."""
-    if not path:
-        return "/"
-    segments: list[str] = []
-    for segment in path.split("/"):
-        if segment == "..":
-            if segments:
-                segments.pop()
-        elif segment and segment != ".":
-            segments.append(segment)
-    trailing = "/" if path.endswith("/") and segments else ""
-    return "/" + "/".join(segments) + trailing
-
-
-def _canonical_query(query: str) -> str:
-    """Decode then re-encode every name and value the SigV4 way, and sort the pairs."""
-    pairs = []
-    for item in query.split("&"):
-        if not item:
-            continue
-        name, _, value = item.partition("=")
-        pairs.append((_uri_encode(unquote(name)), _uri_encode(unquote(value))))
-    return "&".join(f"{name}={value}" for name, value in sorted(pairs))
-
-
-def _uri_encode(text: str) -> str:
-    return quote(text, safe="-_.~")
-
-
-def _signature(secret: str, auth: _Authorization, string_to_sign: str) -> str:
-    key = _hmac(f"AWS4{secret}".encode(), auth.date)
-    for part in (auth.region, auth.service, auth.terminator):
-        key = _hmac(key, part)
-    return hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
-
-
-def _hmac(key: bytes, message: str) -> bytes:
-    return hmac.new(key, message.encode(), hashlib.sha256).digest()
 
 
 def _redact(text: str, token: str | None) -> str:
