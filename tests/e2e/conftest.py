@@ -90,6 +90,7 @@ class World:
     sandbox: Sandbox
     tmp: Path
     devices: list[Device] = field(default_factory=list)
+    _role_alias: bool = False
 
     def client(self, service: str) -> Any:
         e = self.sandbox.endpoint
@@ -123,20 +124,66 @@ class World:
         credentials.write_text(f"[default]\naws_access_key_id = {key['AccessKeyId']}\n"
                                f"aws_secret_access_key = {key['SecretAccessKey']}\n")
         credentials.chmod(0o600)
+        identity = {"mode": "iam-user", "host_identifier": arn,
+                    "credentials_file": str(credentials)}
+        if not trust_anchor:
+            agent = {"spec_trust_anchors": "", **agent}
+        return self._configure(name, arn, home, identity, **agent)
+
+    def iot_device(self, name: str, *, host_identifier: str | None = None) -> Device:
+        """An iot-cert device: thing, certificate, policy and role alias in the sandbox's IoT;
+        registered with the session ARN the credentials provider will give it."""
+        iot, iam = self.client("iot"), self.client("iam")
+        iot.create_thing(thingName=name)
+        cert = iot.create_keys_and_certificate(setAsActive=True)
+        iot.create_policy(policyName=f"{name}-policy", policyDocument=json.dumps({
+            "Version": "2012-10-17", "Statement": [{
+                "Effect": "Allow", "Action": "iot:AssumeRoleWithCertificate",
+                "Resource": "arn:aws:iot:*:*:rolealias/pifleet-device"}]}))
+        iot.attach_policy(policyName=f"{name}-policy", target=cert["certificateArn"])
+        iot.attach_thing_principal(thingName=name, principal=cert["certificateArn"])
+        if not self._role_alias:
+            role = iam.create_role(RoleName="pifleet-device", AssumeRolePolicyDocument=json.dumps({
+                "Version": "2012-10-17", "Statement": [{
+                    "Effect": "Allow", "Action": "sts:AssumeRole",
+                    "Principal": {"Service": "credentials.iot.amazonaws.com"}}]}))
+            iot.create_role_alias(roleAlias="pifleet-device", roleArn=role["Role"]["Arn"])
+            self._role_alias = True
+        arn = (f"arn:aws:sts::123456789012:assumed-role/pifleet-device/"
+               f"{cert['certificateId']}")
+        cd = self.client("codedeploy")
+        cd.register_on_premises_instance(instanceName=name, iamSessionArn=arn)
+        cd.add_tags_to_on_premises_instances(instanceNames=[name],
+                                             tags=[{"Key": "fleet", "Value": "proof"}])
+        home = self.tmp / name
+        (home / "secrets").mkdir(parents=True)
+        certificate, key = home / "secrets" / "device.pem.crt", home / "secrets" / "private.key"
+        certificate.write_text(cert["certificatePem"])
+        key.write_text(cert["keyPair"]["PrivateKey"])
+        key.chmod(0o600)
+        identity = {"mode": "iot-cert", "certificate": str(certificate),
+                    "private_key": str(key),
+                    "credentials_endpoint": self.sandbox.credentials_endpoint,
+                    "credentials_ca_bundle": str(self.sandbox.credentials_ca_file),
+                    "role_alias": "pifleet-device", "thing_name": name}
+        if host_identifier is not None:
+            identity["host_identifier"] = host_identifier
+        return self._configure(name, arn, home, identity)
+
+    def _configure(self, name: str, arn: str, home: Path, identity: dict[str, str],
+                   **agent: Any) -> Device:
         anchor = home / "signer.pem"
         with urllib.request.urlopen(f"{self.sandbox.endpoint.url}/_pifleet/signer.pem",  # noqa: S310
                                     timeout=10) as response:
             anchor.write_bytes(response.read())
         settings = {"poll_interval_s": 0.2, "deployment_root": str(home / "deployment-root"),
                     "status_file": str(home / "status.json"), "install_root": str(home / "fs"),
-                    "wait_for_clock_sync": False,
-                    "spec_trust_anchors": str(anchor) if trust_anchor else "", **agent}
+                    "wait_for_clock_sync": False, "spec_trust_anchors": str(anchor), **agent}
         e = self.sandbox.endpoint
         config = home / "agent.toml"
         config.write_text(
-            "[identity]\nmode = \"iam-user\"\n"
-            f"host_identifier = \"{arn}\"\ncredentials_file = \"{credentials}\"\n\n"
-            f"[aws]\nregion = \"{e.region}\"\ncommands_endpoint = \"{e.url}\"\n"
+            "[identity]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in identity.items())
+            + f"\n[aws]\nregion = \"{e.region}\"\ncommands_endpoint = \"{e.url}\"\n"
             f"s3_endpoint = \"{e.url}\"\nsts_endpoint = \"{e.url}\"\n\n[agent]\n"
             + "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items()))
         device = Device(name, arn, config, home, log=home / "agent.log",

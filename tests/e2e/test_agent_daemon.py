@@ -104,3 +104,24 @@ def test_bad_configuration_stops_with_a_clear_message(world: World) -> None:
     assert device.process.wait(timeout=30) == 1
     assert "chmod 600" in device.output()
     assert "Traceback" not in device.output()
+
+
+def test_iot_certificate_identity_deploys_without_long_lived_keys(world: World) -> None:
+    device = world.iot_device("pi-cert")
+    device.start()
+    deployment = world.deploy(world.push("proof/v1.zip", revision_zip({h: "true"
+                                                                       for h in HOOKS})))
+    info = world.wait_deployment(deployment)
+    assert info["status"] == "Succeeded", device.output()[-3000:]
+    status = json.loads((device.root / "status.json").read_text())
+    assert status["identity"] == {"mode": "iot-cert", "host_identifier": device.arn}
+    assert "secrets" not in (device.root / "agent.toml").read_text().split("[aws]")[1]
+
+
+def test_iot_identity_mismatch_is_refused_at_start(world: World) -> None:
+    device = world.iot_device(
+        "pi-cert", host_identifier="arn:aws:sts::123456789012:assumed-role/pifleet-device/x")
+    device.start()
+    assert device.process is not None
+    assert device.process.wait(timeout=30) == 1
+    assert "re-register the device" in device.output()
