@@ -153,6 +153,9 @@ class HttpClient:
         try:
             yield StreamResponse(response, self._where(target), self._timeout_s)
         finally:
+            # A "Connection: close" response owns the socket: closing only the connection
+            # would leave it open until garbage collection when the body was not read.
+            response.close()
             conn.close()
 
     def close(self) -> None:
