@@ -13,18 +13,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from appspec import FileExistsBehavior
-from appspec.check import check_revision
 from appspec.report import EXIT_USAGE
 
 from . import __version__
 from .config import DEFAULT_PATH, ConfigError, load_config
-from .deploy.bundle import BundleType
-from .deploy.errors import DeployError
-from .deploy.local import LocalOptions, UsageError, deploy_local, summary
-from .doctor import run_checks
-from .service import AgentService, StartupError
-from .systemd import under_systemd
+
+# Each command imports what it needs when it runs (PLC0415 below): the daemon (`run`) is
+# measured against a memory budget and should not carry deploy-local, doctor or the linter.
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -125,6 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _status(args)
     if args.command == "doctor":
         return _doctor(args)
+    from appspec.check import check_revision  # noqa: PLC0415
+
     result = check_revision(args.revision, filename=args.appspec_filename, output=args.output,
                             with_explanation=args.explain, previous=args.previous,
                             strict=args.strict)
@@ -133,6 +130,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from .service import AgentService, StartupError  # noqa: PLC0415
+    from .systemd import under_systemd  # noqa: PLC0415
+
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s" if under_systemd()
                         else "%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -174,6 +174,8 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _doctor(args: argparse.Namespace) -> int:
+    from .doctor import run_checks  # noqa: PLC0415
+
     failed = False
     for check in run_checks(Path(args.config)):
         sys.stdout.write(check.line() + "\n")
@@ -182,6 +184,12 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def _deploy_local(args: argparse.Namespace) -> int:
+    from appspec import FileExistsBehavior  # noqa: PLC0415
+
+    from .deploy.bundle import BundleType  # noqa: PLC0415
+    from .deploy.errors import DeployError  # noqa: PLC0415
+    from .deploy.local import LocalOptions, UsageError, deploy_local, summary  # noqa: PLC0415
+
     options = LocalOptions(
         bundle_location=args.bundle_location,
         bundle_type=BundleType(args.type),

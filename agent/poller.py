@@ -86,6 +86,12 @@ class Poller:
         self._futures: set[Future[None]] = set()
         self.activity = Activity()
         self._on_change = on_change or (lambda _: None)
+        # Set when a command finishes (its next event is usually waiting) or on shutdown.
+        self._wake = threading.Event()
+
+    def wake(self) -> None:
+        """Poll now instead of after the interval (or the back-off)."""
+        self._wake.set()
 
     # -- start-up ----------------------------------------------------------------------
 
@@ -117,7 +123,8 @@ class Poller:
                 log.warning("polling failed (%d in a row), next try in %.0f s: %s",
                             self.activity.consecutive_errors, wait, exc)
                 self._changed("backing off")
-            stop.wait(wait)
+            self._wake.wait(wait)
+            self._wake.clear()
 
     def poll_once(self) -> bool:
         """One PollHostCommand; a command is handed to a worker. True when one came."""
@@ -202,6 +209,7 @@ class Poller:
         del self.activity.last_results[:-20]
         self._complete(command_id, diagnostics)
         self._changed("polling")
+        self.wake()
 
     def _complete(self, command_id: str, diagnostics: Diagnostics) -> None:
         status = "Succeeded" if diagnostics.succeeded else "Failed"

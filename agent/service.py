@@ -138,7 +138,8 @@ class AgentService:
                      wiring.host_identifier, config.identity.mode)
             wiring.poller.recover()
             loop_stop = threading.Event()
-            watcher = threading.Thread(target=self._relay_stop, args=(loop_stop,), daemon=True)
+            watcher = threading.Thread(target=self._relay_stop,
+                                       args=(loop_stop, wiring.poller), daemon=True)
             watcher.start()
             wiring.poller.run(loop_stop, heartbeat=self._heartbeat)
             reloading = self._reload.is_set() and not self._stop.is_set()
@@ -149,10 +150,11 @@ class AgentService:
             notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
             log.info("reloading the configuration")
 
-    def _relay_stop(self, loop_stop: threading.Event) -> None:
+    def _relay_stop(self, loop_stop: threading.Event, poller: Poller) -> None:
         while not (self._stop.is_set() or self._reload.is_set()):
             self._stop.wait(0.2)
         loop_stop.set()
+        poller.wake()  # out of a back-off sleep at once
 
     def _finish(self, poller: Poller, config: Config, *, reloading: bool) -> None:
         if not reloading:
