@@ -261,11 +261,11 @@ def test_the_loop_backs_off_and_recovers(parts: tuple[Service, Poller, Any]) -> 
     thread.start()
     try:
         deadline = time.monotonic() + 10
-        while poller.activity.consecutive_errors == 0:
+        while poller.activity.state != "backing off":  # set last, after the error count
             assert time.monotonic() < deadline
             time.sleep(0.01)
+        assert poller.activity.consecutive_errors == 1
         assert poller.activity.last_error == "endpoint unreachable"
-        assert poller.activity.state == "backing off"
         poller.wake()  # skip the 10 s back-off
         while poller.activity.consecutive_errors:
             assert time.monotonic() < deadline
