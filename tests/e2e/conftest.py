@@ -130,6 +130,38 @@ class World:
             agent = {"spec_trust_anchors": "", **agent}
         return self._configure(name, arn, home, identity, **agent)
 
+    def session_device(self, name: str) -> Device:
+        """An iam-session device: STS session credentials in a file another program rewrites."""
+        iam, sts = self.client("iam"), self.client("sts")
+        role = iam.create_role(RoleName=f"{name}-role", AssumeRolePolicyDocument=json.dumps({
+            "Version": "2012-10-17", "Statement": [{
+                "Effect": "Allow", "Action": "sts:AssumeRole",
+                "Principal": {"AWS": "arn:aws:iam::123456789012:root"}}]}))["Role"]
+        session = sts.assume_role(RoleArn=role["Arn"], RoleSessionName=name)
+        arn = session["AssumedRoleUser"]["Arn"]
+        cd = self.client("codedeploy")
+        cd.register_on_premises_instance(instanceName=name, iamSessionArn=arn)
+        cd.add_tags_to_on_premises_instances(instanceNames=[name],
+                                             tags=[{"Key": "fleet", "Value": "proof"}])
+        home = self.tmp / name
+        (home / "secrets").mkdir(parents=True)
+        credentials = home / "secrets" / "session"
+        self.write_session(credentials, session["Credentials"])
+        identity = {"mode": "iam-session", "host_identifier": arn,
+                    "credentials_file": str(credentials)}
+        device = self._configure(name, arn, home, identity)
+        device.env["ROLE_ARN"] = role["Arn"]
+        return device
+
+    @staticmethod
+    def write_session(path: Path, creds: dict[str, Any]) -> None:
+        tmp = path.with_suffix(".new")
+        tmp.write_text(f"[default]\naws_access_key_id = {creds['AccessKeyId']}\n"
+                       f"aws_secret_access_key = {creds['SecretAccessKey']}\n"
+                       f"aws_session_token = {creds['SessionToken']}\n")
+        tmp.chmod(0o600)
+        tmp.replace(path)
+
     def iot_device(self, name: str, *, host_identifier: str | None = None) -> Device:
         """An iot-cert device: thing, certificate, policy and role alias in the sandbox's IoT;
         registered with the session ARN the credentials provider will give it."""

@@ -125,3 +125,47 @@ def test_iot_identity_mismatch_is_refused_at_start(world: World) -> None:
     assert device.process is not None
     assert device.process.wait(timeout=30) == 1
     assert "re-register the device" in device.output()
+
+
+def test_iam_session_credentials_are_reread_when_rotated(world: World) -> None:
+    device = world.session_device("pi-session")
+    device.start()
+    hooks = {h: "true" for h in HOOKS}
+    first = world.deploy(world.push("proof/v1.zip", revision_zip(hooks)))
+    assert world.wait_deployment(first)["status"] == "Succeeded", device.output()[-3000:]
+    # Something else (a timer) rotates the session: same ARN, new keys.
+    fresh = world.client("sts").assume_role(RoleArn=device.env["ROLE_ARN"],
+                                            RoleSessionName="pi-session")["Credentials"]
+    world.write_session(device.root / "secrets" / "session", fresh)
+    second = world.deploy(world.push("proof/v2.zip", revision_zip(hooks, {"v": "2"})))
+    assert world.wait_deployment(second)["status"] == "Succeeded", device.output()[-3000:]
+
+
+def test_sigterm_lets_the_running_hook_finish(world: World) -> None:
+    device = world.device("pi-1")
+    device.start()
+    started = device.root / "started"
+    hooks = {h: "true" for h in HOOKS}
+    hooks["AfterInstall"] = f"touch {started}; sleep 2"
+    deployment = world.deploy(world.push("proof/slow.zip", revision_zip(hooks)))
+    wait_for(started.exists, 60, "AfterInstall to start")
+    assert device.stop(signal.SIGTERM, timeout_s=60) == 0
+    after = world.events(deployment, "pi-1")["AfterInstall"]
+    assert after["status"] == "Succeeded"  # finished and reported before the agent exited
+    device.start()
+    assert world.wait_deployment(deployment)["status"] == "Succeeded"
+
+
+def test_sighup_reloads_the_configuration(world: World) -> None:
+    device = world.device("pi-1")
+    device.start()
+    status = device.root / "status.json"
+    wait_for(lambda: status.exists() and json.loads(status.read_text())["state"] == "polling",
+             30, "the agent to poll")
+    assert device.process is not None
+    device.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: "reloading the configuration" in device.output(), 30, "the reload")
+    deployment = world.deploy(world.push("proof/v1.zip", revision_zip({h: "true"
+                                                                       for h in HOOKS})))
+    assert world.wait_deployment(deployment)["status"] == "Succeeded"
+    assert device.stop() == 0
