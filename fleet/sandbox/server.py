@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import boto3
+from botocore.config import Config
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from werkzeug.serving import BaseWSGIServer, ThreadedWSGIServer, WSGIRequestHandler
 
@@ -53,6 +55,13 @@ class Endpoint:
         return {"AWS_ENDPOINT_URL": self.url, "AWS_DEFAULT_REGION": self.region,
                 "AWS_REGION": self.region, "AWS_ACCESS_KEY_ID": self.access_key_id,
                 "AWS_SECRET_ACCESS_KEY": self.secret_access_key}
+
+    def client(self, service: str, *, retries: int = 1) -> Any:
+        """A boto3 client for ``service`` at the sandbox (one attempt: tests see errors)."""
+        return boto3.client(service, endpoint_url=self.url, region_name=self.region,
+                            aws_access_key_id=self.access_key_id,
+                            aws_secret_access_key=self.secret_access_key,
+                            config=Config(retries={"total_max_attempts": retries}))
 
     def as_dict(self) -> dict[str, str]:
         return {"endpoint_url": self.url, "region": self.region,

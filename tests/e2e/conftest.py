@@ -16,9 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config
 
 from fleet.sandbox.server import Sandbox
 from fleet.sandbox.state import Timeouts
@@ -93,11 +91,7 @@ class World:
     _role_alias: bool = False
 
     def client(self, service: str) -> Any:
-        e = self.sandbox.endpoint
-        return boto3.client(service, endpoint_url=e.url, region_name=e.region,
-                            aws_access_key_id=e.access_key_id,
-                            aws_secret_access_key=e.secret_access_key,
-                            config=Config(retries={"total_max_attempts": 1}))
+        return self.sandbox.endpoint.client(service)
 
     def setup_fleet(self) -> None:
         self.client("s3").create_bucket(Bucket=BUCKET)
@@ -114,12 +108,7 @@ class World:
         iam = self.client("iam")
         arn = iam.create_user(UserName=name)["User"]["Arn"]
         key = iam.create_access_key(UserName=name)["AccessKey"]
-        cd = self.client("codedeploy")
-        cd.register_on_premises_instance(instanceName=name, iamUserArn=arn)
-        cd.add_tags_to_on_premises_instances(instanceNames=[name],
-                                             tags=[{"Key": "fleet", "Value": "proof"}])
-        home = self.tmp / name
-        (home / "secrets").mkdir(parents=True)
+        home = self._register(name, iamUserArn=arn)
         credentials = home / "secrets" / "credentials"
         credentials.write_text(f"[default]\naws_access_key_id = {key['AccessKeyId']}\n"
                                f"aws_secret_access_key = {key['SecretAccessKey']}\n")
@@ -139,12 +128,7 @@ class World:
                 "Principal": {"AWS": "arn:aws:iam::123456789012:root"}}]}))["Role"]
         session = sts.assume_role(RoleArn=role["Arn"], RoleSessionName=name)
         arn = session["AssumedRoleUser"]["Arn"]
-        cd = self.client("codedeploy")
-        cd.register_on_premises_instance(instanceName=name, iamSessionArn=arn)
-        cd.add_tags_to_on_premises_instances(instanceNames=[name],
-                                             tags=[{"Key": "fleet", "Value": "proof"}])
-        home = self.tmp / name
-        (home / "secrets").mkdir(parents=True)
+        home = self._register(name, iamSessionArn=arn)
         credentials = home / "secrets" / "session"
         self.write_session(credentials, session["Credentials"])
         identity = {"mode": "iam-session", "host_identifier": arn,
@@ -183,12 +167,7 @@ class World:
             self._role_alias = True
         arn = (f"arn:aws:sts::123456789012:assumed-role/pifleet-device/"
                f"{cert['certificateId']}")
-        cd = self.client("codedeploy")
-        cd.register_on_premises_instance(instanceName=name, iamSessionArn=arn)
-        cd.add_tags_to_on_premises_instances(instanceNames=[name],
-                                             tags=[{"Key": "fleet", "Value": "proof"}])
-        home = self.tmp / name
-        (home / "secrets").mkdir(parents=True)
+        home = self._register(name, iamSessionArn=arn)
         certificate, key = home / "secrets" / "device.pem.crt", home / "secrets" / "private.key"
         certificate.write_text(cert["certificatePem"])
         key.write_text(cert["keyPair"]["PrivateKey"])
@@ -201,6 +180,16 @@ class World:
         if host_identifier is not None:
             identity["host_identifier"] = host_identifier
         return self._configure(name, arn, home, identity)
+
+    def _register(self, name: str, **arn: str) -> Path:
+        """Register and tag the instance; its home folder with an empty secrets folder."""
+        cd = self.client("codedeploy")
+        cd.register_on_premises_instance(instanceName=name, **arn)
+        cd.add_tags_to_on_premises_instances(instanceNames=[name],
+                                             tags=[{"Key": "fleet", "Value": "proof"}])
+        home = self.tmp / name
+        (home / "secrets").mkdir(parents=True)
+        return home
 
     def _configure(self, name: str, arn: str, home: Path, identity: dict[str, str],
                    **agent: Any) -> Device:

@@ -9,9 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config
 
 from fleet.sandbox.server import Sandbox
 
@@ -39,11 +37,7 @@ class World:
     sandbox: Sandbox
 
     def client(self, service: str) -> Any:
-        e = self.sandbox.endpoint
-        return boto3.client(service, endpoint_url=e.url, region_name=e.region,
-                            aws_access_key_id=e.access_key_id,
-                            aws_secret_access_key=e.secret_access_key,
-                            config=Config(retries={"total_max_attempts": 1}))
+        return self.sandbox.endpoint.client(service)
 
     def iam_user(self, name: str) -> IamUser:
         iam = self.client("iam")

@@ -12,9 +12,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config
 
 from agent.aws.commands import (
     BACKOFF_BASE_S,
@@ -62,11 +60,7 @@ def http() -> Iterator[HttpClient]:
 
 
 def boto(sandbox: Sandbox, service: str) -> Any:
-    e = sandbox.endpoint
-    return boto3.client(service, endpoint_url=e.url, region_name=e.region,
-                        aws_access_key_id=e.access_key_id,
-                        aws_secret_access_key=e.secret_access_key,
-                        config=Config(retries={"total_max_attempts": 1}))
+    return sandbox.endpoint.client(service)
 
 
 def register_host(sandbox: Sandbox, name: str) -> tuple[str, Credentials]:

@@ -6,9 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config
 
 from fleet.sandbox.scripted_host import ScriptedHost, commands_client
 from fleet.sandbox.server import Endpoint, Sandbox
@@ -21,11 +19,7 @@ class Fleet:
     endpoint: Endpoint
 
     def client(self, service: str) -> Any:
-        e = self.endpoint
-        return boto3.client(service, endpoint_url=e.url, region_name=e.region,
-                            aws_access_key_id=e.access_key_id,
-                            aws_secret_access_key=e.secret_access_key,
-                            config=Config(retries={"total_max_attempts": 1}))
+        return self.endpoint.client(service)
 
     def host(self, name: str, tags: dict[str, str] | None = None, **behaviour: str,
              ) -> ScriptedHost:
