@@ -169,12 +169,12 @@ class Telemetry:
         delivered: list[int] = []
         failed: list[int] = []
         for message_id, future in pending:
+            # Acknowledged means delivered, even after an earlier failure: sending it again
+            # would duplicate it. (A dropped connection fails everything in flight together,
+            # since acknowledgements arrive in order, so order is kept in practice.)
             try:
                 future.result(timeout=ACK_TIMEOUT_S)
-                if not failed:  # keep order: nothing after a failure counts as delivered
-                    delivered.append(message_id)
-                else:
-                    failed.append(message_id)
+                delivered.append(message_id)
             except (TransportError, TimeoutError):
                 failed.append(message_id)
         self._outbox.ack(delivered)
