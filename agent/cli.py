@@ -12,11 +12,15 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from appspec.report import EXIT_USAGE
 
 from . import __version__
-from .config import DEFAULT_PATH, ConfigError, load_config
+from .config import DEFAULT_PATH, ConfigError, load_config, read_config
+
+if TYPE_CHECKING:
+    from sensors.registry import SensorSpec
 
 # Each command imports what it needs when it runs (PLC0415 below): the daemon (`run`) is
 # measured against a memory budget and should not carry deploy-local, doctor or the linter.
@@ -47,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("--strict", action="store_true", help="fail on warnings too")
     _deploy_local_parser(commands)
     _daemon_parsers(commands)
+    _sensors_parsers(commands)
     return parser
 
 
@@ -67,6 +72,31 @@ def _daemon_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser
                                              "endpoint, credentials, identity, disk and power; "
                                              "exit 1 if anything fails.")
     doctor.add_argument("--config", default=str(DEFAULT_PATH), metavar="PATH")
+
+
+def _sensors_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    sensors = commands.add_parser(
+        "sensors", help="list or read the configured sensors",
+        description="The sensors configured as [[sensors]] entries in agent.toml.",
+        epilog="Example: pifleet-agent sensors read climate --json")
+    actions = sensors.add_subparsers(dest="sensors_command", metavar="ACTION")
+    listing = actions.add_parser(
+        "list", help="configured sensors, and whether their hardware and library are present",
+        description="List the configured sensors and check, without opening them, that what "
+                    "each needs is there: the serial port (SDS011), adafruit_dht and a "
+                    "/dev/gpiochip (DHT11).",
+        epilog="Example: pifleet-agent sensors list")
+    read = actions.add_parser(
+        "read", help="take one reading from each sensor (or from NAME)",
+        description="Open each configured sensor (or only NAME), take one reading and show it "
+                    "with its flags and the sensor's health. Exit status: 0 all read, 1 a "
+                    "sensor failed (the reason is shown), 2 usage error. A DHT11 takes a few "
+                    "seconds: its measurements must be 2 s apart.",
+        epilog="Example: pifleet-agent sensors read climate --json")
+    read.add_argument("name", nargs="?", metavar="NAME", help="only this sensor")
+    for action in (listing, read):
+        action.add_argument("--config", default=str(DEFAULT_PATH), metavar="PATH")
+        action.add_argument("--json", action="store_true", help="print JSON")
 
 
 def _deploy_local_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -120,6 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _status(args)
     if args.command == "doctor":
         return _doctor(args)
+    if args.command == "sensors":
+        return _sensors(args)
     from appspec.check import check_revision  # noqa: PLC0415
 
     result = check_revision(args.revision, filename=args.appspec_filename, output=args.output,
@@ -181,6 +213,103 @@ def _doctor(args: argparse.Namespace) -> int:
         sys.stdout.write(check.line() + "\n")
         failed = failed or check.status == "FAIL"
     return 1 if failed else 0
+
+
+def _sensors(args: argparse.Namespace) -> int:
+    if args.sensors_command is None:
+        sys.stderr.write("pifleet-agent sensors: say list or read (pifleet-agent sensors "
+                         "--help)\n")
+        return EXIT_USAGE
+    try:
+        # Only the [[sensors]] entries matter here: no region or identity needed.
+        specs = read_config(Path(args.config)).sensors
+    except ConfigError as exc:
+        sys.stderr.write(f"pifleet-agent sensors: {exc}\n")
+        return 1
+    if args.sensors_command == "list":
+        return _sensors_list(specs, args)
+    return _sensors_read(specs, args)
+
+
+def _sensors_list(specs: Sequence[SensorSpec], args: argparse.Namespace) -> int:
+    from sensors.registry import hardware_status  # noqa: PLC0415
+
+    rows = [(spec, hardware_status(spec)) for spec in specs]
+    if args.json:
+        document = {"config": args.config, "sensors": [
+            {"name": spec.name, "kind": spec.kind, "where": spec.where,
+             "interval_s": spec.interval_s, "present": status.present, "detail": status.detail}
+            for spec, status in rows]}
+        sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+        return 0
+    if not rows:
+        sys.stdout.write(f"no sensors configured in {args.config}; add [[sensors]] entries "
+                         "(name, kind, pin or port)\n")
+        return 0
+    table = [(spec.name, spec.kind, spec.where, f"every {spec.interval_s:g} s",
+              f"{'ok' if status.present else 'MISSING'}: {status.detail}")
+             for spec, status in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(4)]
+    for row in table:
+        sys.stdout.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths,
+                                                                             strict=False))
+                         + "  " + row[4] + "\n")
+    return 0
+
+
+def _sensors_read(specs: Sequence[SensorSpec], args: argparse.Namespace) -> int:
+    from sensors import SensorError  # noqa: PLC0415
+    from sensors.registry import open_sensor  # noqa: PLC0415
+
+    if args.name is not None:
+        specs = [spec for spec in specs if spec.name == args.name]
+        if not specs:
+            sys.stderr.write(f"pifleet-agent sensors read: no sensor named {args.name!r} in "
+                             f"{args.config}\n")
+            return EXIT_USAGE
+    results: list[dict[str, object]] = []
+    for spec in specs:
+        result: dict[str, object] = {"name": spec.name, "kind": spec.kind}
+        try:
+            sensor = open_sensor(spec)
+        except SensorError as exc:
+            results.append({**result, "ok": False, "error": str(exc),
+                            "transient": exc.transient})
+            continue
+        try:
+            reading = sensor.read()
+        except (SensorError, OSError) as exc:
+            transient = isinstance(exc, SensorError) and exc.transient
+            result.update(ok=False, error=str(exc), transient=transient)
+        else:
+            result.update(ok=True, reading=reading.as_dict(), units=dict(reading.units))
+        finally:
+            result["health"] = sensor.health()
+            sensor.close()
+        results.append(result)
+    failed = [r for r in results if not r["ok"]]
+    if args.json:
+        sys.stdout.write(json.dumps({"sensors": results}, indent=2, ensure_ascii=False) + "\n")
+    else:
+        for r in results:
+            if r["ok"]:
+                sys.stdout.write(_reading_line(r) + "\n")
+        for r in failed:
+            error = str(r["error"])  # most drivers' messages start with the sensor's name
+            name = "" if error.startswith(f"{r['name']} ") or error.startswith(
+                f"{r['name']}:") else f"{r['name']}: "
+            sys.stderr.write(f"pifleet-agent sensors read: {name}{error}\n")
+        if not results:
+            sys.stdout.write(f"no sensors configured in {args.config}\n")
+    return 1 if failed else 0
+
+
+def _reading_line(result: dict[str, Any]) -> str:
+    reading, units = result["reading"], result["units"]
+    values = " ".join(f"{key}={reading[key]:g} {unit}" for key, unit in units.items())
+    flags = f" [{', '.join(reading['flags'])}]" if reading.get("flags") else ""
+    health = " ".join(f"{k}={v}" for k, v in result["health"].items() if v != "")
+    return f"{result['name']}: {values}{flags} ({health})"
 
 
 def _deploy_local(args: argparse.Namespace) -> int:

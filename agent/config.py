@@ -3,6 +3,13 @@
 The official agent's ``codedeploy.onpremises.yml`` is accepted as is, through
 ``[identity] onpremises_config``: its ``iam_user_arn``/keys or ``iam_session_arn``/credentials file
 and ``region`` fill the identity and region.
+
+Sensors are an array of tables, one ``[[sensors]]`` entry per sensor (``sensors.registry``):
+
+    [[sensors]]
+    name = "climate"
+    kind = "dht11"
+    pin = 4
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from sensors.registry import SensorSpec
 
 DEFAULT_PATH = Path("/etc/pifleet/agent.toml")
 MODES = ("iam-user", "iam-session", "iot-cert")
@@ -78,14 +87,29 @@ class Config:
     aws: Aws = field(default_factory=Aws)
     agent: Agent = field(default_factory=Agent)
     deploy: Deploy = field(default_factory=Deploy)
+    sensors: tuple[SensorSpec, ...] = ()
     path: str = ""
 
 
 SECTIONS: dict[str, type[Any]] = {"identity": Identity, "aws": Aws, "agent": Agent,
                                   "deploy": Deploy}
+# The keys of a [[sensors]] entry and their types; name and kind are required.
+SENSOR_KEYS: dict[str, type] = {"name": str, "kind": str, "pin": int, "port": str,
+                                "interval_s": float, "seed": int, "fail_every": int,
+                                "unplugged": bool, "stuck_value": float, "spike_every": int}
+SENSOR_REQUIRED = ("name", "kind")
 
 
 def load_config(path: Path = DEFAULT_PATH) -> Config:
+    config = read_config(path)
+    if config.identity.onpremises_config:
+        config = apply_onpremises_yml(config, Path(config.identity.onpremises_config))
+    return validate(config)
+
+
+def read_config(path: Path = DEFAULT_PATH) -> Config:
+    """The file parsed (unknown keys and wrong types are errors) but not validated: what
+    commands that need only part of it (``pifleet-agent sensors``) use."""
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -95,15 +119,15 @@ def load_config(path: Path = DEFAULT_PATH) -> Config:
         raise ConfigError(f"cannot read {path}: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-    config = parse_config(raw, str(path))
-    if config.identity.onpremises_config:
-        config = apply_onpremises_yml(config, Path(config.identity.onpremises_config))
-    return validate(config)
+    return parse_config(raw, str(path))
 
 
 def parse_config(raw: dict[str, Any], where: str) -> Config:
     values: dict[str, Any] = {}
     for name, section in raw.items():
+        if name == "sensors":
+            values[name] = _sensors(section, where)
+            continue
         cls = SECTIONS.get(name)
         if cls is None:
             raise ConfigError(f"{where}: unknown section [{name}]; the sections are "
@@ -117,26 +141,58 @@ def parse_config(raw: dict[str, Any], where: str) -> Config:
 def _section(cls: type[Any], raw: dict[str, Any], where: str) -> Any:
     known = {f.name: f for f in fields(cls)}
     kwargs: dict[str, Any] = {}
-    for key, given in raw.items():
-        value = given
+    for key, value in raw.items():
         f = known.get(key)
         if f is None:
             raise ConfigError(f"{where}: unknown key {key!r}; the keys are {', '.join(known)}")
-        default = f.default
-        if isinstance(default, bool):
-            ok = isinstance(value, bool)
-        elif isinstance(default, float):
-            ok = isinstance(value, int | float) and not isinstance(value, bool)
-            value = float(value) if ok else value
-        elif isinstance(default, int):
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        else:
-            ok = isinstance(value, str)
-        if not ok:
-            raise ConfigError(f"{where}: {key} must be a {type(default).__name__}, not "
-                              f"{value!r}")
-        kwargs[key] = value
+        kwargs[key] = _typed(key, value, type(f.default), where)
     return cls(**kwargs)
+
+
+def _typed(key: str, value: Any, expected: type, where: str) -> Any:
+    """``value`` if it is an ``expected``; an int is taken for a float, a bool for nothing."""
+    if expected is bool:
+        ok = isinstance(value, bool)
+    elif expected is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif expected is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        raise ConfigError(f"{where}: {key} must be a {expected.__name__}, not {value!r}")
+    return value
+
+
+def _sensors(raw: Any, where: str) -> tuple[SensorSpec, ...]:
+    if not isinstance(raw, list) or not all(isinstance(entry, dict) for entry in raw):
+        raise ConfigError(f"{where}: sensors must be an array of tables, one [[sensors]] entry "
+                          "per sensor")
+    specs: list[SensorSpec] = []
+    for index, entry in enumerate(raw):
+        here = f"{where} sensors[{index}]"
+        kwargs: dict[str, Any] = {}
+        for key, value in entry.items():
+            expected = SENSOR_KEYS.get(key)
+            if expected is None:
+                raise ConfigError(f"{here}: unknown key {key!r}; the keys are "
+                                  f"{', '.join(SENSOR_KEYS)}")
+            kwargs[key] = _typed(key, value, expected, here)
+        missing = [key for key in SENSOR_REQUIRED if key not in kwargs]
+        if missing:
+            raise ConfigError(f"{here}: {' and '.join(missing)} "
+                              f"{'is' if len(missing) == 1 else 'are'} required (for example "
+                              "name = \"climate\", kind = \"dht11\")")
+        try:
+            spec = SensorSpec(**kwargs)
+        except ValueError as exc:
+            raise ConfigError(f"{here}: {exc}") from None
+        if any(s.name == spec.name for s in specs):
+            raise ConfigError(f"{here}: another sensor is already named {spec.name!r}; names "
+                              "must be unique (they key the shadow document)")
+        specs.append(spec)
+    return tuple(specs)
 
 
 def apply_onpremises_yml(config: Config, path: Path) -> Config:
