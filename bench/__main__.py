@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from . import bench_appspec, bench_deploy, bench_sandbox
+from . import bench_appspec, bench_deploy, bench_outbox, bench_sandbox
 
 if __name__ == "__main__":
     print("== appspec")
     bench_appspec.main([])
     print("== deploy-local")
     bench_deploy.main([])
+    print("== telemetry outbox")
+    bench_outbox.main([])
     print("== sandbox: 100 hosts")
     raise SystemExit(bench_sandbox.main(["--seconds", "30"]))
