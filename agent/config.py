@@ -82,17 +82,37 @@ class Deploy:
 
 
 @dataclass(frozen=True)
+class Telemetry:
+    enabled: bool = False
+    endpoint: str = ""  # the IoT data endpoint host (<prefix>-ats.iot.<region>.amazonaws.com)
+    port: int = 8883  # 443 with alpn = true where only HTTPS gets out
+    alpn: bool = False
+    tls: bool = True  # false only for a local test broker
+    thing_name: str = ""  # default: [identity] thing_name
+    client_id: str = ""  # default: the thing name
+    ca_file: str = ""  # AmazonRootCA1.pem
+    cert_file: str = ""  # default: [identity] certificate
+    key_file: str = ""  # default: [identity] private_key
+    transport: str = "paho"  # paho | crt
+    outbox: str = "/var/lib/pifleet/outbox.db"
+    outbox_max_messages: int = 50_000
+    heartbeat_s: float = 900.0
+    status_interval_s: float = 60.0
+
+
+@dataclass(frozen=True)
 class Config:
     identity: Identity = field(default_factory=Identity)
     aws: Aws = field(default_factory=Aws)
     agent: Agent = field(default_factory=Agent)
     deploy: Deploy = field(default_factory=Deploy)
+    telemetry: Telemetry = field(default_factory=Telemetry)
     sensors: tuple[SensorSpec, ...] = ()
     path: str = ""
 
 
 SECTIONS: dict[str, type[Any]] = {"identity": Identity, "aws": Aws, "agent": Agent,
-                                  "deploy": Deploy}
+                                  "deploy": Deploy, "telemetry": Telemetry}
 # The keys of a [[sensors]] entry and their types; name and kind are required.
 SENSOR_KEYS: dict[str, type] = {"name": str, "kind": str, "pin": int, "port": str,
                                 "interval_s": float, "seed": int, "fail_every": int,
@@ -131,7 +151,7 @@ def parse_config(raw: dict[str, Any], where: str) -> Config:
         cls = SECTIONS.get(name)
         if cls is None:
             raise ConfigError(f"{where}: unknown section [{name}]; the sections are "
-                              f"{', '.join(f'[{s}]' for s in SECTIONS)}")
+                              f"{', '.join(f'[{s}]' for s in SECTIONS)}, [[sensors]]")
         if not isinstance(section, dict):
             raise ConfigError(f"{where}: {name} must be a section ([{name}])")
         values[name] = _section(cls, section, f"{where} [{name}]")
@@ -241,6 +261,14 @@ def validate(config: Config) -> Config:
         for key in ("credentials_endpoint", "role_alias", "thing_name"):
             if not getattr(ident, key):
                 raise ConfigError(f"{where} [identity]: {key} is required in iot-cert mode")
+    tele = config.telemetry
+    if tele.enabled:
+        if not tele.endpoint or not (tele.thing_name or ident.thing_name):
+            raise ConfigError(f"{where} [telemetry]: endpoint and thing_name (or [identity] "
+                              "thing_name) are required when telemetry is enabled")
+        if tele.transport not in ("paho", "crt"):
+            raise ConfigError(f"{where} [telemetry]: transport must be paho or crt, not "
+                              f"{tele.transport!r}")
     if config.agent.poll_interval_s <= 0 or config.agent.max_revisions < 1:
         raise ConfigError(f"{where} [agent]: poll_interval_s must be > 0 and max_revisions "
                           ">= 1")

@@ -95,6 +95,8 @@ def test_every_key_of_every_section_is_read(tmp_path: Path) -> None:
         values = {f.name: _sample(f.default, f.name) for f in fields(cls)}
         if name == "identity":
             values["mode"] = "iam-user"
+        if name == "telemetry":
+            values["transport"] = "crt"  # validated: only paho or crt
         expected[name] = values
         text += f"[{name}]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in values.items())
     config = load_config(write(tmp_path, text.replace(
@@ -134,15 +136,15 @@ def test_a_value_of_the_wrong_type_names_file_section_and_key(
 
 
 def test_an_unknown_section_lists_the_sections(tmp_path: Path) -> None:
-    path = write(tmp_path, IOT + REGION + "[telemetry]\ninterval = 5\n")
-    assert error(path) == (f"{path}: unknown section [telemetry]; the sections are [identity], "
-                           "[aws], [agent], [deploy]")
+    path = write(tmp_path, IOT + REGION + "[telemetri]\ninterval = 5\n")
+    assert error(path) == (f"{path}: unknown section [telemetri]; the sections are [identity], "
+                           "[aws], [agent], [deploy], [telemetry], [[sensors]]")
 
 
 def test_a_key_outside_a_section_is_refused(tmp_path: Path) -> None:
     path = write(tmp_path, 'region = "eu-west-1"\n')
     assert error(path) == f"{path}: unknown section [region]; the sections are [identity], " \
-                          "[aws], [agent], [deploy]"
+                          "[aws], [agent], [deploy], [telemetry], [[sensors]]"
 
 
 def test_a_section_that_is_not_a_table_is_refused() -> None:
