@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .aws.commands import CommandClient, default_endpoint
@@ -36,6 +36,9 @@ from .deploy.specification import TrustPolicy
 from .identity import IdentityError, credential_source, iot_http_client
 from .poller import Activity, Poller
 from .systemd import notify, watchdog_interval_s
+
+if TYPE_CHECKING:
+    from .telemetry.loop import Telemetry
 
 log = logging.getLogger(__name__)
 CLOCK_CHECK_S = 2.0
@@ -137,6 +140,7 @@ class AgentService:
             log.info("pifleet-agent %s polling as %s (%s)", __version__,
                      wiring.host_identifier, config.identity.mode)
             wiring.poller.recover()
+            telemetry = self._start_telemetry(config, wiring)
             loop_stop = threading.Event()
             watcher = threading.Thread(target=self._relay_stop,
                                        args=(loop_stop, wiring.poller), daemon=True)
@@ -144,11 +148,32 @@ class AgentService:
             wiring.poller.run(loop_stop, heartbeat=self._heartbeat)
             reloading = self._reload.is_set() and not self._stop.is_set()
             self._finish(wiring.poller, config, reloading=reloading)
+            if telemetry is not None:
+                telemetry.stop()
             if not reloading:
                 return 0
             self._reload.clear()
             notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
             log.info("reloading the configuration")
+
+    def _start_telemetry(self, config: Config, wiring: Wiring) -> Telemetry | None:
+        if not config.telemetry.enabled:
+            return None
+        # Imported only when enabled: MQTT, SQLite and the sensor stack cost memory.
+        from .telemetry.setup import build_telemetry, pi_health  # noqa: PLC0415
+
+        poller = wiring.poller
+
+        def status() -> dict[str, Any]:
+            return {"version": __version__, "identity": self._identity,
+                    **poller.activity.snapshot(),
+                    "pi": pi_health(config.agent.deployment_root)}
+
+        telemetry = build_telemetry(config, status=status)
+        telemetry.start()
+        log.info("telemetry to %s as thing %s with %d sensor(s)", config.telemetry.endpoint,
+                 telemetry.thing, len(config.sensors))
+        return telemetry
 
     def _relay_stop(self, loop_stop: threading.Event, poller: Poller) -> None:
         while not (self._stop.is_set() or self._reload.is_set()):
