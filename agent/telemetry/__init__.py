@@ -1,0 +1,1 @@
+"""Sensor telemetry: the reporting loop, shadow documents, the outbox and MQTT transports."""
