@@ -23,12 +23,12 @@ from sensors import Reading, Sensor, SensorError
 
 from .deadband import Deadband
 from .outbox import Outbox
-from .shadow import DocumentTooLarge, parse_rejection, reported_update, shadow_prefix, with_token
+from .shadow import DocumentTooLarge, parse_rejection, reported_update, shadow_prefix
 from .transport import Transport, TransportError
 
 log = logging.getLogger(__name__)
 
-PUBLISH_WINDOW = 20  # messages in flight at once: order is kept by acknowledging in id order
+PUBLISH_WINDOW = 100  # messages per batch (paho keeps 20 in flight): acknowledged in id order
 ACK_TIMEOUT_S = 30.0
 RECENT_TOKENS = 1000  # payloads kept in memory to re-queue after a retryable rejection
 
@@ -67,6 +67,7 @@ class Telemetry:
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
         self._recent: OrderedDict[str, tuple[str, bytes]] = OrderedDict()
+        self._last_token = 0
         self._lock = threading.Lock()
         self.counters = Counters()
 
@@ -134,12 +135,15 @@ class Telemetry:
             self.counters.suppressed += 1
             return False
         values = {k: v for k, v in reading.as_dict().items() if k != "sensor"}
+        token = self._next_token()
         try:
-            payload = reported_update({reading.sensor: values}, "pending")
+            payload = reported_update({reading.sensor: values}, token)
         except DocumentTooLarge as exc:
             log.error("reading of %s not sent: %s", reading.sensor, exc)
             return False
-        self._outbox.put(f"{shadow_prefix(self.thing)}/update", payload)
+        topic = f"{shadow_prefix(self.thing)}/update"
+        self._outbox.put(topic, payload)
+        self._remember(token, topic, payload)
         self._deadband.sent(reading)
         self._wake.set()
         return True
@@ -159,11 +163,9 @@ class Telemetry:
             return False
         pending: list[tuple[int, Future[None]]] = []
         for message in batch:
-            token = str(message.id)
-            payload = with_token(message.payload, token)
-            self._remember(token, message.topic, message.payload)
             try:
-                pending.append((message.id, self._transport.publish(message.topic, payload)))
+                pending.append((message.id, self._transport.publish(message.topic,
+                                                                    message.payload)))
             except TransportError:
                 break
         delivered: list[int] = []
@@ -181,6 +183,12 @@ class Telemetry:
         self._outbox.nack(failed)
         self.counters.sent += len(delivered)
         return bool(delivered)
+
+    def _next_token(self) -> str:
+        """Increasing microsecond stamps: unique, and ordered like the readings they carry."""
+        with self._lock:
+            self._last_token = max(self._last_token + 1, time.time_ns() // 1000)
+            return str(self._last_token)
 
     def _remember(self, token: str, topic: str, payload: bytes) -> None:
         with self._lock:

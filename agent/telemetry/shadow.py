@@ -38,13 +38,6 @@ def reported_update(reported: Mapping[str, Any], client_token: str) -> bytes:
     return payload
 
 
-def with_token(payload: bytes, client_token: str) -> bytes:
-    """The same update under another clientToken (the outbox id, known only once stored)."""
-    document = json.loads(payload)
-    document["clientToken"] = client_token
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 @dataclass(frozen=True)
 class Rejection:
     code: int
