@@ -5,11 +5,17 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from fleet.sandbox.broker import Mosquitto
+from fleet.sandbox.shadows import ShadowResponder
 from fleet.sandbox.specs import SigningIdentity
+from tests.support.link import Link
 
 from .conftest import World, revision_zip, wait_for
 
@@ -168,4 +174,58 @@ def test_sighup_reloads_the_configuration(world: World) -> None:
     deployment = world.deploy(world.push("proof/v1.zip", revision_zip({h: "true"
                                                                        for h in HOOKS})))
     assert world.wait_deployment(deployment)["status"] == "Succeeded"
+    assert device.stop() == 0
+
+
+def test_telemetry_survives_an_offline_spell_and_a_sigkill(world: World) -> None:
+    world.client("iot").create_thing(thingName="pi-1")
+    with Mosquitto() as broker:
+        responder = ShadowResponder(world.sandbox.state, broker.host, broker.port)
+        responder.start()
+        link = Link(broker.port)
+        try:
+            _offline_spell(world, link)
+        finally:
+            link.down()
+            responder.stop()
+
+
+def _offline_spell(world: World, link: Link) -> None:
+    device = world.device("pi-1")
+    outbox = device.root / "outbox.db"
+    with device.config.open("a") as config:
+        config.write(f'\n[telemetry]\nenabled = true\nendpoint = "127.0.0.1"\nport = {link.port}\n'
+                     f'tls = false\nthing_name = "pi-1"\noutbox = "{outbox}"\n'
+                     'heartbeat_s = 0.0\nstatus_interval_s = 0.5\n\n[[sensors]]\n'
+                     'name = "climate"\nkind = "simulated-dht11"\ninterval_s = 0.2\n')
+    device.start()
+    data = world.client("iot-data")
+
+    def reported(shadow: str | None = None) -> dict[str, Any]:
+        try:
+            kwargs = {"shadowName": shadow} if shadow else {}
+            raw = data.get_thing_shadow(thingName="pi-1", **kwargs)["payload"].read()
+        except data.exceptions.ResourceNotFoundException:
+            return {}
+        return dict(json.loads(raw)["state"].get("reported", {}))
+
+    wait_for(lambda: "climate" in reported(), 30, "the first reading in the shadow")
+    agent = wait_for(lambda: reported("agent"), 30, "the agent status shadow")
+    assert agent["identity"]["host_identifier"] == device.arn
+    assert agent["telemetry"]["sensors"]["climate"]
+
+    def pending() -> int:
+        with sqlite3.connect(outbox) as db:
+            return int(db.execute("SELECT count(*) FROM outbox").fetchone()[0])
+
+    link.down()
+    wait_for(lambda: pending() >= 10, 30, "readings queued while offline")
+    device.stop(signal.SIGKILL)
+    queued = pending()
+    link.up()
+    device.start()
+    wait_for(lambda: pending() == 0, 60, "the queued readings to be delivered after restart")
+    last = reported()["climate"]["timestamp"]
+    assert last >= time.time() - 30
+    assert queued >= 10
     assert device.stop() == 0
