@@ -23,7 +23,8 @@ from typing import Any
 
 from fleet.sandbox.server import Sandbox
 from fleet.sandbox.state import Timeouts
-from tests.e2e.conftest import World, revision_zip, wait_for
+from tests.e2e.conftest import World, revision_zip
+from tests.support.waiting import wait_for
 
 HOOKS = ("ApplicationStop", "BeforeInstall", "AfterInstall", "ApplicationStart",
          "ValidateService")

@@ -263,14 +263,11 @@ class _Scanner:
         return frames
 
 
-class FrameParser:
-    """Sensor -> host frames from a byte stream fed in pieces of any size."""
+class _StreamParser:
+    """Complete frames of one direction from a byte stream fed in pieces of any size."""
 
-    def __init__(self) -> None:
-        self._scanner = _Scanner(SENSOR_FRAME_LEN, frozenset({MEASUREMENT, REPLY}), slice(2, 8))
-
-    def feed(self, data: bytes) -> list[Frame]:
-        return [_decode_sensor_frame(frame) for frame in self._scanner.scan(data)]
+    def __init__(self, scanner: _Scanner) -> None:
+        self._scanner = scanner
 
     @property
     def bad_frames(self) -> int:
@@ -295,19 +292,24 @@ class FrameParser:
         return self._scanner.drop_pending()
 
 
-class CommandParser:
-    """Host -> sensor frames from a byte stream: the sensor's side, used by the emulator."""
+class FrameParser(_StreamParser):
+    """Sensor -> host frames (measurements and replies)."""
 
     def __init__(self) -> None:
-        self._scanner = _Scanner(HOST_FRAME_LEN, frozenset({HOST_COMMAND}), slice(2, 17))
+        super().__init__(_Scanner(SENSOR_FRAME_LEN, frozenset({MEASUREMENT, REPLY}),
+                                  slice(2, 8)))
+
+    def feed(self, data: bytes) -> list[Frame]:
+        return [_decode_sensor_frame(frame) for frame in self._scanner.scan(data)]
+
+
+class CommandParser(_StreamParser):
+    """Host -> sensor frames: the sensor's side, used by the emulator."""
+
+    def __init__(self) -> None:
+        super().__init__(_Scanner(HOST_FRAME_LEN, frozenset({HOST_COMMAND}), slice(2, 17)))
 
     def feed(self, data: bytes) -> list[Command]:
         return [_decode_host_frame(frame) for frame in self._scanner.scan(data)]
 
-    @property
-    def bad_frames(self) -> int:
-        return self._scanner.bad_frames
 
-    @property
-    def skipped_bytes(self) -> int:
-        return self._scanner.skipped_bytes

@@ -8,10 +8,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,21 +19,13 @@ import pytest
 
 from fleet.sandbox.server import Sandbox
 from fleet.sandbox.state import Timeouts
+from tests.support.waiting import wait_for
 
 AGENT = str(Path(sys.executable).parent / "pifleet-agent")
 ROLE = "arn:aws:iam::123456789012:role/CodeDeployServiceRole"
 BUCKET = "pifleet-artifacts"
 
 
-def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def revision_zip(hooks: dict[str, str], files: dict[str, str] | None = None) -> bytes:

@@ -16,8 +16,9 @@ from fleet.sandbox.broker import Mosquitto
 from fleet.sandbox.shadows import ShadowResponder
 from fleet.sandbox.specs import SigningIdentity
 from tests.support.link import Link
+from tests.support.waiting import wait_for
 
-from .conftest import World, revision_zip, wait_for
+from .conftest import World, revision_zip
 
 pytestmark = pytest.mark.integration
 IN_PLACE = ["ApplicationStop", "DownloadBundle", "BeforeInstall", "Install", "AfterInstall",

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,19 +21,12 @@ from fleet.sandbox.server import Sandbox
 from fleet.sandbox.shadows import ShadowResponder
 from sensors.simulated import SimulatedDHT11
 from tests.support.link import Link
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 THING = "pi-telemetry"
 
 
-def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 class Observer:
