@@ -42,6 +42,7 @@ class Counters:
     rejected: int = 0
     requeued: int = 0
     dropped_rejected: int = 0
+    deltas: int = 0
     errors: dict[str, str] = field(default_factory=dict)
 
 
@@ -76,6 +77,7 @@ class Telemetry:
     def start(self) -> None:
         prefix = shadow_prefix(self.thing)
         self._transport.subscribe(f"{prefix}/update/rejected", self._on_rejected)
+        self._transport.subscribe(f"{prefix}/update/delta", self._on_delta)
         self._transport.on_connection_change(lambda up: self._wake.set() if up else None)
         self._transport.start()
         for schedule in self._schedules:
@@ -212,6 +214,14 @@ class Telemetry:
             self.counters.dropped_rejected += 1
             log.warning("shadow update %s refused (%d %s); dropped", rejection.client_token,
                         rejection.code, rejection.message)
+
+    def _on_delta(self, _topic: str, payload: bytes) -> None:
+        # The device reports; it does not take orders through ``desired``. Say so, once per
+        # change, so an operator setting desired values learns why nothing happens.
+        self.counters.deltas += 1
+        log.info("the shadow's desired state differs from what this device reports; "
+                 "pifleet-agent only reports and leaves desired to the operator: %s",
+                 payload[:200].decode(errors="replace"))
 
     # -- the agent's own status ---------------------------------------------------------
 
