@@ -15,10 +15,12 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .server import Sandbox
 from .state import Timeouts
+
+if TYPE_CHECKING:
+    from .server import Sandbox
 
 
 class SandboxError(Exception):
@@ -53,6 +55,8 @@ def write_credentials_ca(sandbox: Sandbox, *, directory: Path | None = None) -> 
 
 
 def start(*, host: str, port: int, region: str, timeouts: Timeouts) -> Sandbox:
+    from .server import Sandbox  # noqa: PLC0415  (moto is heavy: only when one is started)
+
     try:
         return Sandbox(host=host, port=port, region=region, timeouts=timeouts).start()
     except OSError as exc:

@@ -1,0 +1,118 @@
+"""AWS access for fleetctl: one session with the AWS CLI's habits (profile, region, endpoint,
+the standard environment variables), adaptive retries, and AWS errors turned into FleetErrors
+that say which permission on which resource is missing.
+
+boto3 is imported on first use, so ``fleetctl --help`` and ``fleetctl validate`` start fast.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import FleetError, NotFound
+
+_NOT_FOUND = re.compile(r"NotFound|NoSuch|DoesNotExist|NotRegistered|ResourceNotFound")
+
+
+@dataclass(frozen=True)
+class AwsOptions:
+    profile: str | None = None
+    region: str | None = None
+    endpoint_url: str | None = None  # every service at this URL (the sandbox)
+
+
+@dataclass
+class Aws:
+    options: AwsOptions = field(default_factory=AwsOptions)
+    _session: Any = None
+    _clients: dict[str, Any] = field(default_factory=dict)
+    _account: str | None = None
+
+    @property
+    def session(self) -> Any:
+        if self._session is None:
+            import boto3  # noqa: PLC0415  (slow to import; only commands that call AWS pay)
+
+            with aws_errors("reading the AWS configuration"):
+                self._session = boto3.session.Session(profile_name=self.options.profile,
+                                                      region_name=self.options.region)
+        return self._session
+
+    @property
+    def region(self) -> str:
+        region = self.session.region_name
+        if not region:
+            raise FleetError("no AWS region: pass --region, set AWS_REGION, or configure one "
+                             "with `aws configure`")
+        return str(region)
+
+    def client(self, service: str) -> Any:
+        if service not in self._clients:
+            from botocore.config import Config  # noqa: PLC0415
+
+            self._clients[service] = self.session.client(
+                service, region_name=self.region, endpoint_url=self.options.endpoint_url,
+                config=Config(retries={"mode": "adaptive", "max_attempts": 8},
+                              user_agent_extra="pifleet-fleetctl"))
+        return self._clients[service]
+
+    @property
+    def account_id(self) -> str:
+        if self._account is None:
+            with aws_errors("finding the AWS account (sts:GetCallerIdentity)"):
+                self._account = str(self.client("sts").get_caller_identity()["Account"])
+        return self._account
+
+    def partition(self) -> str:
+        return "aws-cn" if self.region.startswith("cn-") else "aws"
+
+
+@contextmanager
+def aws_errors(doing: str) -> Iterator[None]:
+    """Turn AWS and network errors raised while ``doing`` something into FleetErrors."""
+    from botocore.exceptions import (  # noqa: PLC0415
+        BotoCoreError,
+        ClientError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        NoRegionError,
+        ProfileNotFound,
+    )
+
+    try:
+        yield
+    except ClientError as exc:
+        raise explain(exc, doing) from None
+    except NoCredentialsError:
+        raise FleetError(f"{doing}: no AWS credentials; run `aws configure`, set "
+                         "AWS_PROFILE, or pass --profile") from None
+    except (NoRegionError, ProfileNotFound) as exc:
+        raise FleetError(f"{doing}: {exc}") from None
+    except EndpointConnectionError as exc:
+        raise FleetError(f"{doing}: cannot reach {exc.kwargs.get('endpoint_url')}; check the "
+                         "network, --endpoint-url and --region") from None
+    except BotoCoreError as exc:
+        raise FleetError(f"{doing}: {exc}") from None
+
+
+def explain(exc: Any, doing: str) -> FleetError:
+    """A ClientError as a FleetError; AccessDenied names the action and resource to allow."""
+    error = exc.response.get("Error", {})
+    code, message = str(error.get("Code", "")), str(error.get("Message", ""))
+    operation = getattr(exc, "operation_name", "")
+    if "AccessDenied" in code or "UnauthorizedOperation" in code:
+        action = re.search(r"perform: (\S+)", message)
+        resource = re.search(r"on resource: (\S+)", message)
+        what = action.group(1) if action else f"the {operation} call"
+        where = f" on {resource.group(1)}" if resource else ""
+        return FleetError(f"{doing}: not allowed to {what}{where}; grant it to the identity "
+                          f"fleetctl uses (AWS said: {message})")
+    if code in ("ThrottlingException", "Throttling", "RequestLimitExceeded", "SlowDown"):
+        return FleetError(f"{doing}: AWS is throttling {operation} even after retries; wait a "
+                          "minute and run the command again")
+    cls = NotFound if _NOT_FOUND.search(code) else FleetError
+    return cls(f"{doing}: {code}: {message}")
