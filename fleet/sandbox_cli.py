@@ -9,18 +9,12 @@ from typing import Annotated
 
 import typer
 
-from .sandbox.control import (
-    SandboxError,
-    read_state,
-    run_foreground,
-    start,
-    stop_running,
-    write_credentials_ca,
-)
-from .sandbox.state import DEFAULT_REGION, Timeouts
+from .sandbox import control
+
+DEFAULT_REGION = "us-east-1"
 
 app = typer.Typer(help="Run a local stand-in for CodeDeploy, S3, IAM, STS and IoT.",
-                  no_args_is_help=True)
+                  no_args_is_help=True, rich_markup_mode=None)
 DEFAULT_PORT = 4567
 
 
@@ -46,15 +40,17 @@ def up(
     """
     if output not in ("text", "json"):
         raise typer.BadParameter("use text or json", param_hint="--output")
+    from .sandbox.state import Timeouts  # noqa: PLC0415  (only when one is started)
+
     try:
-        sandbox = start(host=host, port=port, region=region,
-                        timeouts=Timeouts(start_s=start_timeout, event_s=event_timeout))
-    except SandboxError as exc:
+        sandbox = control.start(host=host, port=port, region=region,
+                                timeouts=Timeouts(start_s=start_timeout, event_s=event_timeout))
+    except control.SandboxError as exc:
         typer.echo(f"fleetctl sandbox up: {exc}", err=True)
         raise typer.Exit(1) from None
     endpoint = sandbox.endpoint
     try:
-        ca_path = write_credentials_ca(sandbox)
+        ca_path = control.write_credentials_ca(sandbox)
     except OSError as exc:
         sandbox.stop()
         typer.echo(f"fleetctl sandbox up: cannot write the credentials provider's CA: {exc}",
@@ -77,8 +73,8 @@ def up(
         typer.echo("Stop it with Ctrl-C or `fleetctl sandbox down`.")
     sys.stdout.flush()
     try:
-        run_foreground(sandbox, info)
-    except SandboxError as exc:
+        control.run_foreground(sandbox, info)
+    except control.SandboxError as exc:
         typer.echo(f"fleetctl sandbox up: {exc}", err=True)
         raise typer.Exit(1) from None
     finally:
@@ -89,8 +85,8 @@ def up(
 def down() -> None:
     """Stop the sandbox started by `fleetctl sandbox up` in another shell."""
     try:
-        info = stop_running()
-    except SandboxError as exc:
+        info = control.stop_running()
+    except control.SandboxError as exc:
         typer.echo(f"fleetctl sandbox down: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"stopped the sandbox at {info.get('endpoint_url')} (pid {info.get('pid')})")
@@ -99,7 +95,7 @@ def down() -> None:
 @app.command()
 def status(output: Annotated[str, typer.Option(help="text or json.")] = "text") -> None:
     """Say whether a sandbox is running and where (exit 1 if none)."""
-    info = read_state()
+    info = control.read_state()
     if info is None:
         typer.echo("no sandbox is running", err=True)
         raise typer.Exit(1)

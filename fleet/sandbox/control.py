@@ -17,10 +17,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .state import Timeouts
-
 if TYPE_CHECKING:
     from .server import Sandbox
+    from .state import Timeouts
 
 
 class SandboxError(Exception):
