@@ -30,6 +30,8 @@ def up(
         help="Seconds a lifecycle event may run (CodeDeploy: 3600).")] = 3600.0,
     start_timeout: Annotated[float, typer.Option(
         help="Seconds an agent has to pick up an event (CodeDeploy: 300).")] = 300.0,
+    broker: Annotated[bool, typer.Option(
+        help="Also run mosquitto with the shadow service for device telemetry.")] = True,
 ) -> None:
     """Run the sandbox in the foreground until Ctrl-C or `fleetctl sandbox down`.
 
@@ -56,11 +58,13 @@ def up(
         typer.echo(f"fleetctl sandbox up: cannot write the credentials provider's CA: {exc}",
                    err=True)
         raise typer.Exit(1) from None
+    mqtt = control.start_broker(sandbox) if broker else None
     info = {**endpoint.as_dict(), "pid": os.getpid(),
             "signer_certificate_url": f"{endpoint.url}/_pifleet/signer.pem",
             "credentials_endpoint": sandbox.credentials_endpoint,
             "credentials_ca": str(ca_path),
-            "credentials_ca_url": f"{endpoint.url}/_pifleet/credentials-ca.pem"}
+            "credentials_ca_url": f"{endpoint.url}/_pifleet/credentials-ca.pem",
+            "mqtt_host": mqtt.host if mqtt else None, "mqtt_port": mqtt.port if mqtt else None}
     if output == "json":
         sys.stdout.write(json.dumps(info) + "\n")
     else:
@@ -70,6 +74,9 @@ def up(
         typer.echo(f"IoT credentials provider (agent credentials_endpoint): "
                    f"{sandbox.credentials_endpoint}")
         typer.echo(f"  its CA (agent credentials_ca_bundle): {ca_path}")
+        if mqtt is not None:
+            typer.echo(f"MQTT broker with the shadow service (agent [telemetry]): "
+                       f"{mqtt.host}:{mqtt.port}, plain TCP")
         typer.echo("Stop it with Ctrl-C or `fleetctl sandbox down`.")
     sys.stdout.flush()
     try:
@@ -79,6 +86,8 @@ def up(
         raise typer.Exit(1) from None
     finally:
         ca_path.unlink(missing_ok=True)
+        if mqtt is not None:
+            mqtt.stop()
 
 
 @app.command()

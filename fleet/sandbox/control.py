@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import os
 import signal
 import tempfile
@@ -16,6 +17,8 @@ import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from .server import Sandbox
@@ -63,6 +66,46 @@ def start(*, host: str, port: int, region: str, timeouts: Timeouts) -> Sandbox:
             raise SandboxError(f"port {port} on {host} is already in use; stop what uses it, "
                                "or pass --port 0 to take any free port") from exc
         raise SandboxError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+
+
+class Broker:
+    """The sandbox's MQTT side: a mosquitto on loopback and the shadow service answering on it."""
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        from .broker import Mosquitto  # noqa: PLC0415
+        from .shadows import ShadowResponder  # noqa: PLC0415
+
+        self.mosquitto = Mosquitto().start()
+        self.responder = ShadowResponder(sandbox.state, self.mosquitto.host,
+                                         self.mosquitto.port)
+        try:
+            self.responder.start()
+        except BaseException:
+            self.mosquitto.close()
+            raise
+
+    @property
+    def host(self) -> str:
+        return self.mosquitto.host
+
+    @property
+    def port(self) -> int:
+        return self.mosquitto.port
+
+    def stop(self) -> None:
+        self.responder.stop()
+        self.mosquitto.close()
+
+
+def start_broker(sandbox: Sandbox) -> Broker | None:
+    """A broker with the shadow service, or None when mosquitto is not installed."""
+    from .broker import BrokerError  # noqa: PLC0415
+
+    try:
+        return Broker(sandbox)
+    except BrokerError as exc:
+        log.warning("no MQTT broker for device shadows: %s", exc)
+        return None
 
 
 def run_foreground(sandbox: Sandbox, info: dict[str, Any], *, path: Path | None = None) -> None:

@@ -36,6 +36,8 @@ def _drive(up: subprocess.Popen[str], env: dict[str, str]) -> None:
                           region_name=info["region"],
                           aws_access_key_id=info["aws_access_key_id"],
                           aws_secret_access_key=info["aws_secret_access_key"])
+        with socket.create_connection(("127.0.0.1", info["mqtt_port"]), timeout=5):
+            pass  # the broker for device telemetry listens
         cd.create_application(applicationName="aqi")
         assert cd.list_applications()["applications"] == ["aqi"]
         status = subprocess.run([FLEETCTL, "sandbox", "status", "--output", "json"], env=env,
