@@ -9,8 +9,6 @@ from typing import Annotated
 
 import typer
 
-from .sandbox import control
-
 DEFAULT_REGION = "us-east-1"
 
 app = typer.Typer(help="Run a local stand-in for CodeDeploy, S3, IAM, STS and IoT.",
@@ -40,6 +38,8 @@ def up(
 
     Example: fleetctl sandbox up --port 0 --output json
     """
+    from .sandbox import control  # noqa: PLC0415  (keeps fleetctl --help fast)
+
     if output not in ("text", "json"):
         raise typer.BadParameter("use text or json", param_hint="--output")
     from .sandbox.state import Timeouts  # noqa: PLC0415  (only when one is started)
@@ -93,6 +93,8 @@ def up(
 @app.command()
 def down() -> None:
     """Stop the sandbox started by `fleetctl sandbox up` in another shell."""
+    from .sandbox import control  # noqa: PLC0415  (keeps fleetctl --help fast)
+
     try:
         info = control.stop_running()
     except control.SandboxError as exc:
@@ -104,6 +106,8 @@ def down() -> None:
 @app.command()
 def status(output: Annotated[str, typer.Option(help="text or json.")] = "text") -> None:
     """Say whether a sandbox is running and where (exit 1 if none)."""
+    from .sandbox import control  # noqa: PLC0415  (keeps fleetctl --help fast)
+
     info = control.read_state()
     if info is None:
         typer.echo("no sandbox is running", err=True)
