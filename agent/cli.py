@@ -72,6 +72,14 @@ def _daemon_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser
                                              "endpoint, credentials, identity, disk and power; "
                                              "exit 1 if anything fails.")
     doctor.add_argument("--config", default=str(DEFAULT_PATH), metavar="PATH")
+    enroll = commands.add_parser(
+        "enroll", help="install an enrollment bundle from `fleetctl register`",
+        description="Unpack the device's enrollment bundle: its identity files (0600) and, "
+                    "if none exists yet, agent.toml (else agent.toml.pifleet-new to merge).",
+        epilog="Example: sudo pifleet-agent enroll pi-kitchen-01.pifleet.tar")
+    enroll.add_argument("bundle", help="the NAME.pifleet.tar fleetctl register wrote")
+    enroll.add_argument("--root", default="/", metavar="DIR",
+                        help="install under DIR instead of / (tests, images)")
 
 
 def _sensors_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -152,6 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _doctor(args)
     if args.command == "sensors":
         return _sensors(args)
+    if args.command == "enroll":
+        return _enroll(args)
     from appspec.check import check_revision  # noqa: PLC0415
 
     result = check_revision(args.revision, filename=args.appspec_filename, output=args.output,
@@ -213,6 +223,18 @@ def _doctor(args: argparse.Namespace) -> int:
         sys.stdout.write(check.line() + "\n")
         failed = failed or check.status == "FAIL"
     return 1 if failed else 0
+
+
+def _enroll(args: argparse.Namespace) -> int:
+    from .enroll import EnrollError, enroll, next_steps  # noqa: PLC0415
+
+    try:
+        result = enroll(Path(args.bundle), Path(args.root))
+    except (EnrollError, OSError) as exc:
+        sys.stderr.write(f"pifleet-agent enroll: {exc}\n")
+        return 1
+    sys.stdout.write("\n".join(next_steps(result)) + "\n")
+    return 0
 
 
 def _sensors(args: argparse.Namespace) -> int:
