@@ -116,3 +116,50 @@ def status(output: Annotated[str, typer.Option(help="text or json.")] = "text") 
         sys.stdout.write(json.dumps(info) + "\n")
     else:
         typer.echo(f"sandbox running at {info['endpoint_url']} (pid {info['pid']})")
+
+
+@app.command()
+def devices(
+    count: Annotated[int, typer.Argument(help="How many simulated Pis to start.")] = 3,
+    root: Annotated[str, typer.Option(help="Where their files live.")] = "",
+    tag: Annotated[list[str] | None, typer.Option(
+        help="K=V tag for every device (repeatable).")] = None,
+    first: Annotated[int, typer.Option(help="Number of the first device (pi-N).")] = 1,
+    stop: Annotated[bool, typer.Option("--stop", help="Stop the devices under --root.")
+                    ] = False,
+    output: Annotated[str, typer.Option(help="text or json.")] = "text",
+) -> None:
+    """Start simulated Pis against the running sandbox: each a real pifleet-agent process with an
+    iot-cert identity (registered and enrolled like a real one), simulated sensors and telemetry.
+
+    Run `fleetctl init` first. Example: fleetctl sandbox devices 3 --tag ring=demo
+    """
+    from pathlib import Path  # noqa: PLC0415
+
+    from .errors import FleetError  # noqa: PLC0415
+    from .sandbox import control  # noqa: PLC0415
+    from .sandbox.devices import start_devices, stop_devices  # noqa: PLC0415
+
+    directory = Path(root) if root else control.state_file().parent / "devices"
+    if stop:
+        stopped = stop_devices(directory)
+        typer.echo(f"stopped {len(stopped)} device(s): {', '.join(stopped) or 'none'}")
+        return
+    info = control.read_state()
+    if info is None:
+        typer.echo("fleetctl sandbox devices: no sandbox is running; start one with "
+                   "`fleetctl sandbox up`", err=True)
+        raise typer.Exit(1)
+    tags = dict(t.split("=", 1) for t in (tag or []) if "=" in t)
+    try:
+        started = start_devices(info, count, directory, tags=tags, first=first)
+    except FleetError as exc:
+        typer.echo(f"fleetctl sandbox devices: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+    if output == "json":
+        sys.stdout.write(json.dumps([d.as_dict() for d in started]) + "\n")
+        return
+    for device in started:
+        typer.echo(f"{device.name}: pifleet-agent pid {device.pid}, files in {device.home}, "
+                   f"app port {device.app_port}")
+    typer.echo(f"Stop them with `fleetctl sandbox devices --stop --root {directory}`.")

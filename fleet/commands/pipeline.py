@@ -10,9 +10,10 @@ import typer
 from ..context import context, fail
 from ..errors import FleetError
 
-pipeline_app = typer.Typer(rich_markup_mode=None, help="CodePipeline: deploy a source (S3 zip or CodeCommit branch) to "
-                                "a deployment group each time the pipeline runs.",
-                           no_args_is_help=True)
+pipeline_app = typer.Typer(
+    help="CodePipeline: deploy a source (S3 zip or CodeCommit branch) to a deployment group "
+         "each time the pipeline runs.",
+    no_args_is_help=True, rich_markup_mode=None)
 
 
 def register(app: typer.Typer) -> None:
