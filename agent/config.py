@@ -95,6 +95,7 @@ class Telemetry:
     key_file: str = ""  # default: [identity] private_key
     transport: str = "paho"  # paho | crt
     outbox: str = "/var/lib/pifleet/outbox.db"
+    readings_file: str = "/var/lib/pifleet/readings/latest.json"  # latest values, for local apps
     outbox_max_messages: int = 50_000
     heartbeat_s: float = 900.0
     status_interval_s: float = 60.0

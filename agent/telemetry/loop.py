@@ -17,6 +17,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sensors import Reading, Sensor, SensorError
@@ -56,7 +58,7 @@ class Telemetry:
     def __init__(self, *, thing: str, sensors: list[SensorSchedule], outbox: Outbox,
                  transport: Transport, deadband: Deadband | None = None,
                  status: Callable[[], Mapping[str, Any]] | None = None,
-                 status_interval_s: float = 60.0) -> None:
+                 status_interval_s: float = 60.0, readings_file: Path | None = None) -> None:
         self.thing = thing
         self._schedules = sensors
         self._outbox = outbox
@@ -64,6 +66,8 @@ class Telemetry:
         self._deadband = deadband or Deadband()
         self._status = status
         self._status_interval_s = status_interval_s
+        self._readings_file = readings_file
+        self._latest: dict[str, Any] = {}
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -129,7 +133,27 @@ class Telemetry:
         self.counters.readings += 1
         self.counters.errors.pop(sensor.name, None)
         self.submit(reading)
+        self._publish_locally(reading)
         return reading
+
+    def _publish_locally(self, reading: Reading) -> None:
+        """The latest values of every sensor in one JSON file, for apps on the Pi (the
+        aqi-app's page reads it): flat keys, written atomically."""
+        if self._readings_file is None:
+            return
+        with self._lock:
+            self._latest.update(reading.values)
+            self._latest["timestamp"] = datetime.fromtimestamp(reading.timestamp, UTC).isoformat()
+            document = json.dumps(self._latest, sort_keys=True)
+        try:
+            # Renamed into place, never fsync'd: a reader sees a whole file, and after a power
+            # cut the next reading rewrites it; an fsync per reading would wear the SD card.
+            self._readings_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self._readings_file.with_name(f".{self._readings_file.name}.tmp")
+            tmp.write_text(document)
+            tmp.replace(self._readings_file)
+        except OSError as exc:
+            log.warning("cannot write %s: %s", self._readings_file, exc.strerror)
 
     def submit(self, reading: Reading) -> bool:
         """Queue a reading for the shadow unless it is within the deadband."""

@@ -52,7 +52,8 @@ def build_telemetry(config: Config, *,
     return Telemetry(thing=tele.thing_name or config.identity.thing_name, sensors=schedules,
                      outbox=outbox, transport=build_transport(config),
                      deadband=Deadband(heartbeat_s=tele.heartbeat_s), status=status,
-                     status_interval_s=tele.status_interval_s)
+                     status_interval_s=tele.status_interval_s,
+                     readings_file=Path(tele.readings_file) if tele.readings_file else None)
 
 
 def pi_health(deployment_root: str) -> dict[str, Any]:

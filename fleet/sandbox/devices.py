@@ -83,6 +83,7 @@ def configure(config: Path, home: Path, info: dict[str, Any], name: str) -> None
         document["telemetry"] = {
             "enabled": True, "endpoint": info["mqtt_host"], "port": info["mqtt_port"],
             "tls": False, "thing_name": name, "outbox": str(home / "var" / "outbox.db"),
+            "readings_file": str(home / "var" / "readings.json"),
             "heartbeat_s": 60.0, "status_interval_s": 5.0}
         document["sensors"] = [
             {"name": "climate", "kind": "simulated-dht11", "interval_s": 5.0, "seed": len(name)},
@@ -106,7 +107,8 @@ def dump_toml(document: dict[str, Any]) -> str:
 
 def _start(name: str, home: Path, config: Path, app_port: int) -> SandboxDevice:
     env = {**os.environ, "AQI_SIMULATED": "1", "AQI_NO_SYSTEMD": "1",
-           "AQI_PORT": str(app_port), "AQI_BIND": "127.0.0.1"}
+           "AQI_PORT": str(app_port), "AQI_BIND": "127.0.0.1",
+           "AQI_READINGS_FILE": str(home / "var" / "readings.json")}
     with (home / "agent.log").open("ab") as log:
         process = subprocess.Popen([AGENT, "run", "--config", str(config)], stdout=log,
                                    stderr=log, env=env, start_new_session=True)

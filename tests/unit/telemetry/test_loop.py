@@ -157,3 +157,26 @@ def test_documents_are_reported_only_and_bounded() -> None:
     assert update_topic("pi", "agent") == "$aws/things/pi/shadow/name/agent/update"
     assert parse_rejection(b"garbage").code == 0
     assert parse_rejection(b'{"code": 409, "clientToken": "7"}').retryable
+
+
+def test_latest_readings_are_published_for_local_apps(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "outbox.db")
+    tele = Telemetry(thing="pi", sensors=[], outbox=outbox, transport=Recorder(),
+                     readings_file=tmp_path / "readings" / "latest.json")
+
+    class Air:
+        name = "air"
+
+        def read(self) -> Reading:
+            return Reading("air", {"pm25_ugm3": 12.0, "pm10_ugm3": 20.0}, {}, 1_800_000_000.0)
+
+        def health(self) -> dict[str, float | int | str]:
+            return {}
+
+        def close(self) -> None: ...
+
+    tele.take_reading(Air())
+    latest = json.loads((tmp_path / "readings" / "latest.json").read_text())
+    assert latest == {"pm25_ugm3": 12.0, "pm10_ugm3": 20.0,
+                      "timestamp": "2027-01-15T08:00:00+00:00"}
+    outbox.close()
