@@ -123,6 +123,7 @@ class AgentService:
         self._status_path: Path | None = None
         self._identity: dict[str, str] = {}
         self._last_watchdog = 0.0
+        self._telemetry: Telemetry | None = None
 
     def run(self) -> int:
         self._install_signals()
@@ -140,7 +141,7 @@ class AgentService:
             log.info("pifleet-agent %s polling as %s (%s)", __version__,
                      wiring.host_identifier, config.identity.mode)
             wiring.poller.recover()
-            telemetry = self._start_telemetry(config, wiring)
+            telemetry = self._telemetry = self._start_telemetry(config, wiring)
             loop_stop = threading.Event()
             watcher = threading.Thread(target=self._relay_stop,
                                        args=(loop_stop, wiring.poller), daemon=True)
@@ -150,6 +151,7 @@ class AgentService:
             self._finish(wiring.poller, config, reloading=reloading)
             if telemetry is not None:
                 telemetry.stop()
+                self._telemetry = None
             if not reloading:
                 return 0
             self._reload.clear()
@@ -218,6 +220,8 @@ class AgentService:
         if activity.state == "polling" and not self._ready:
             self._ready = True
             notify("READY=1")
+        if self._telemetry is not None:
+            self._telemetry.status_changed()
         running = ", ".join(f"{d} {e}" for d, e in activity.running.items())
         notify(f"STATUS={activity.state}{': ' + running if running else ''}")
         self._write_status(snapshot)

@@ -70,6 +70,7 @@ class Telemetry:
         self._latest: dict[str, Any] = {}
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._status_changed = threading.Event()
         self._threads: list[threading.Thread] = []
         self._recent: OrderedDict[str, tuple[str, bytes]] = OrderedDict()
         self._last_token = 0
@@ -93,6 +94,7 @@ class Telemetry:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+        self._status_changed.set()
         for thread in self._threads:
             thread.join(timeout=10)
         self._transport.stop()
@@ -263,7 +265,12 @@ class Telemetry:
                         last = body
                     except (TransportError, DocumentTooLarge) as exc:
                         log.info("agent status not published: %s", exc)
-            self._stop.wait(self._status_interval_s)
+            self._status_changed.wait(self._status_interval_s)
+            self._status_changed.clear()
+
+    def status_changed(self) -> None:
+        """Publish the agent status now (a deployment started or ended), not at the interval."""
+        self._status_changed.set()
 
     def health(self) -> dict[str, Any]:
         stats = self._outbox.stats()
