@@ -8,7 +8,7 @@ boto3 is imported on first use, so ``fleetctl --help`` and ``fleetctl validate``
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +31,14 @@ class Aws:
     _session: Any = None
     _clients: dict[str, Any] = field(default_factory=dict)
     _account: str | None = None
+    _memo: dict[str, Any] = field(default_factory=dict)
+
+    def remembered(self, key: str, compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per Aws (endpoints, the fleet's role): a 1,000-device inventory
+        should not look the same things up 1,000 times."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
 
     @property
     def session(self) -> Any:

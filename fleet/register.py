@@ -215,11 +215,16 @@ def register_device(aws: Aws, names: FleetNames, name: str, tags: dict[str, str]
 def _register_iot_cert(aws: Aws, names: FleetNames, name: str, tags: dict[str, str], *,
                        bundle: Path, options: RegisterOptions, ca_pem: bytes) -> Registered:
     iot, cd = aws.client("iot"), aws.client("codedeploy")
-    role_name = _prerequisites(aws, names)
-    with aws_errors("finding the IoT endpoints (iot:DescribeEndpoint)"):
-        data_host = iot.describe_endpoint(endpointType="iot:Data-ATS")["endpointAddress"]
-        creds_url = options.credentials_endpoint or "https://" + iot.describe_endpoint(
-            endpointType="iot:CredentialProvider")["endpointAddress"]
+    role_name = aws.remembered(f"device-role:{names.fleet}",
+                               lambda: _prerequisites(aws, names))
+
+    def endpoint(kind: str) -> str:
+        with aws_errors("finding the IoT endpoints (iot:DescribeEndpoint)"):
+            return str(iot.describe_endpoint(endpointType=kind)["endpointAddress"])
+
+    data_host = aws.remembered("iot:Data-ATS", lambda: endpoint("iot:Data-ATS"))
+    creds_url = options.credentials_endpoint or "https://" + aws.remembered(
+        "iot:CredentialProvider", lambda: endpoint("iot:CredentialProvider"))
     with aws_errors(f"looking for the IoT thing {name}"):
         try:
             iot.describe_thing(thingName=name)
