@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export VENV
 
-.PHONY: demo test lint typecheck unit bench deps clean
+.PHONY: demo test lint typecheck unit bench deps clean deb
 
 deps:
 	@dev/bootstrap.sh
@@ -22,6 +22,11 @@ typecheck: deps
 
 unit: deps
 	$(BIN)/pytest -q
+
+# The pifleet-agent .deb in dist/ (Architecture: all: one .deb for amd64, arm64 and armhf).
+ARCH ?= amd64
+deb: deps
+	packaging/build-deb.sh dist $(ARCH)
 
 bench: deps
 	$(BIN)/python -m bench
