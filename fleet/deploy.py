@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 from .aws import Aws, aws_errors
 from .errors import FleetError, NotFound
 from .names import FleetNames
+from .tags import tag_matches
 
 IN_PLACE_EVENTS = ("ApplicationStop", "DownloadBundle", "BeforeInstall", "Install",
                    "AfterInstall", "ApplicationStart", "ValidateService")
@@ -285,16 +286,6 @@ def describe_revision(revision: dict[str, Any]) -> str:
 
 # -- groups --------------------------------------------------------------------------------
 
-def _matches(tags: dict[str, str], tag_filter: dict[str, Any]) -> bool:
-    kind = tag_filter.get("Type") or "KEY_AND_VALUE"
-    key, value = tag_filter.get("Key"), tag_filter.get("Value")
-    if kind == "KEY_ONLY":
-        return key in tags
-    if kind == "VALUE_ONLY":
-        return value in tags.values()
-    return key in tags and tags[key] == value
-
-
 def _describe_filters(filters: list[dict[str, Any]]) -> str:
     def one(f: dict[str, Any]) -> str:
         kind = f.get("Type") or "KEY_AND_VALUE"
@@ -348,7 +339,7 @@ def group_selects_a_device(aws: Aws, info: dict[str, Any]) -> str | None:
             for instance in reply.get("instanceInfos") or []:
                 tags = {str(t.get("Key")): str(t.get("Value", "")) for t in instance.get("tags")
                         or []}
-                if all(any(_matches(tags, f) for f in group) for group in tag_sets[1:]):
+                if all(any(tag_matches(tags, f) for f in group) for group in tag_sets[1:]):
                     return str(instance["instanceName"])
             return None
 

@@ -9,7 +9,10 @@ from typing import Any, TypeVar
 
 import botocore.session
 
+from ..tags import tag_matches
 from .errors import ServiceError
+
+__all__ = ["PAGE_SIZE", "check_batch", "codedeploy_model", "error", "page", "tag_matches"]
 
 T = TypeVar("T")
 PAGE_SIZE = 100
@@ -39,16 +42,6 @@ def page(items: Sequence[T], token: str | None,
         start = int(token[2:])
     end = start + size
     return list(items[start:end]), (f"o-{end}" if end < len(items) else None)
-
-
-def tag_matches(tags: dict[str, str], tag_filter: dict[str, str]) -> bool:
-    kind = tag_filter.get("Type", "KEY_AND_VALUE")
-    key, value = tag_filter.get("Key"), tag_filter.get("Value")
-    if kind == "KEY_ONLY":
-        return key in tags
-    if kind == "VALUE_ONLY":
-        return value in tags.values()
-    return key in tags and tags[key] == value
 
 
 def check_batch(items: Sequence[Any] | None, what: str, limit: int = 25) -> list[Any]:

@@ -10,13 +10,16 @@ import tempfile
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import botocore.session
 from botocore.config import Config
 from botocore.loaders import Loader
 
 from agent.aws.model import API_VERSION, SERVICE_NAME, load_commands_model
+
+if TYPE_CHECKING:
+    from .server import Endpoint
 
 SUCCESS = {"error_code": 0, "script_name": "", "message": "Succeeded: ", "log": ""}
 
@@ -82,3 +85,19 @@ class ScriptedHost:
             Diagnostics={"Format": "JSON",
                          "Payload": json.dumps(diagnostics, separators=(",", ":"))})
         return name
+
+
+def register_host(endpoint: Endpoint, name: str, tags: dict[str, str] | None = None,
+                  **behaviour: str) -> ScriptedHost:
+    """An IAM user with a key, registered (and tagged) as an on-premises instance, answering
+    host commands as ``behaviour`` says: what a test needs to stand in for one Pi."""
+    iam, codedeploy = endpoint.client("iam"), endpoint.client("codedeploy")
+    arn = iam.create_user(UserName=name, Path="/pifleet/")["User"]["Arn"]
+    key = iam.create_access_key(UserName=name)["AccessKey"]
+    codedeploy.register_on_premises_instance(instanceName=name, iamUserArn=arn)
+    if tags:
+        codedeploy.add_tags_to_on_premises_instances(
+            instanceNames=[name], tags=[{"Key": k, "Value": v} for k, v in tags.items()])
+    client = commands_client(endpoint.url, endpoint.region, key["AccessKeyId"],
+                             key["SecretAccessKey"])
+    return ScriptedHost(client, arn, dict(behaviour))

@@ -23,7 +23,7 @@ from fleet.deploy import (
     s3_revision,
 )
 from fleet.errors import FleetError, NotFound
-from fleet.sandbox.scripted_host import ScriptedHost, commands_client
+from fleet.sandbox.scripted_host import ScriptedHost, register_host
 from fleet.sandbox.server import Sandbox
 
 from .conftest import Fleetctl
@@ -61,17 +61,7 @@ def put_bundle(aws: Aws, key: str = "aqi/v1.zip") -> str:
 
 def host(aws: Aws, sandbox: Sandbox, name: str, tags: dict[str, str] | None = None,
          **behaviour: str) -> ScriptedHost:
-    iam = aws.client("iam")
-    arn = iam.create_user(UserName=name, Path="/pifleet/")["User"]["Arn"]
-    key = iam.create_access_key(UserName=name)["AccessKey"]
-    cd = aws.client("codedeploy")
-    cd.register_on_premises_instance(instanceName=name, iamUserArn=arn)
-    if tags:
-        cd.add_tags_to_on_premises_instances(
-            instanceNames=[name], tags=[{"Key": k, "Value": v} for k, v in tags.items()])
-    client = commands_client(sandbox.endpoint.url, sandbox.endpoint.region,
-                             key["AccessKeyId"], key["SecretAccessKey"])
-    return ScriptedHost(client, arn, dict(behaviour))
+    return register_host(sandbox.endpoint, name, tags, **behaviour)
 
 
 @contextmanager

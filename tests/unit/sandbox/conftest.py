@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from fleet.sandbox.scripted_host import ScriptedHost, commands_client
+from fleet.sandbox.scripted_host import ScriptedHost, register_host
 from fleet.sandbox.server import Endpoint, Sandbox
 from fleet.sandbox.state import Timeouts
 
@@ -24,18 +24,7 @@ class Fleet:
     def host(self, name: str, tags: dict[str, str] | None = None, **behaviour: str,
              ) -> ScriptedHost:
         """An IAM user with a key (moto IAM), registered and tagged as an on-prem instance."""
-        iam = self.client("iam")
-        arn = iam.create_user(UserName=name, Path="/pifleet/")["User"]["Arn"]
-        key = iam.create_access_key(UserName=name)["AccessKey"]
-        codedeploy = self.client("codedeploy")
-        codedeploy.register_on_premises_instance(instanceName=name, iamUserArn=arn)
-        if tags:
-            codedeploy.add_tags_to_on_premises_instances(
-                instanceNames=[name], tags=[{"Key": k, "Value": v} for k, v in tags.items()])
-        client = commands_client(self.endpoint.url, self.endpoint.region,
-                                 key["AccessKeyId"], key["SecretAccessKey"])
-        return ScriptedHost(client, arn, dict(behaviour))
-
+        return register_host(self.endpoint, name, tags, **behaviour)
 
 @pytest.fixture(scope="session")
 def sandbox() -> Iterator[Sandbox]:
