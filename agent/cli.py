@@ -74,8 +74,9 @@ def _daemon_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser
     doctor.add_argument("--config", default=str(DEFAULT_PATH), metavar="PATH")
     enroll = commands.add_parser(
         "enroll", help="install an enrollment bundle from `fleetctl register`",
-        description="Unpack the device's enrollment bundle: its identity files (0600) and, "
-                    "if none exists yet, agent.toml (else agent.toml.pifleet-new to merge).",
+        description="Unpack the device's enrollment bundle: its identity files (0600) and "
+                    "its settings as /etc/pifleet/agent.d/50-enrollment.toml (the package's "
+                    "agent.toml is never written).",
         epilog="Example: sudo pifleet-agent enroll pi-kitchen-01.pifleet.tar")
     enroll.add_argument("bundle", help="the NAME.pifleet.tar fleetctl register wrote")
     enroll.add_argument("--root", default="/", metavar="DIR",

@@ -128,19 +128,38 @@ def load_config(path: Path = DEFAULT_PATH) -> Config:
     return validate(config)
 
 
+def drop_in_dir(path: Path) -> Path:
+    """``agent.toml``'s drop-ins: ``agent.d/*.toml`` beside it, read in name order after it.
+    ``pifleet-agent enroll`` writes the device's settings there, so the package's conffile is
+    never touched and upgrades never ask about it."""
+    return path.parent / "agent.d"
+
+
 def read_config(path: Path = DEFAULT_PATH) -> Config:
-    """The file parsed (unknown keys and wrong types are errors) but not validated: what
-    commands that need only part of it (``pifleet-agent sensors``) use."""
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    """The file and its drop-ins parsed (unknown keys and wrong types are errors) but not
+    validated: what commands that need only part of it (``pifleet-agent sensors``) use."""
+    drop_ins = sorted(drop_in_dir(path).glob("*.toml"))
+    if not path.exists() and not drop_ins:
         raise ConfigError(f"{path} does not exist; install the pifleet-agent package or run "
-                          "`pifleet-agent enroll`") from None
+                          "`pifleet-agent enroll`")
+    raw: dict[str, Any] = _read_toml(path) if path.exists() else {}
+    for drop_in in drop_ins:
+        for name, section in _read_toml(drop_in).items():
+            if isinstance(section, dict) and isinstance(raw.get(name), dict):
+                raw[name] = {**raw[name], **section}  # a drop-in changes only what it sets
+            else:
+                raw[name] = section
+    where = str(path) if not drop_ins else f"{path} (+ {len(drop_ins)} in {drop_in_dir(path)})"
+    return parse_config(raw, where)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-    return parse_config(raw, str(path))
 
 
 def parse_config(raw: dict[str, Any], where: str) -> Config:

@@ -4,8 +4,9 @@ The bundle is a tar of ``etc/pifleet/agent.toml``, ``etc/pifleet/secrets/*`` (ce
 key, or an IAM user's credentials) and maybe ``etc/pifleet/credentials-ca.pem``.  Everything is
 checked before anything is written: members outside ``etc/pifleet/``, links, devices and
 oversized files refuse the whole bundle.  Secrets are written atomically, 0600, in a 0700
-directory, owned by root when run as root.  An existing agent.toml (the package's conffile) is
-never overwritten: the new one lands next to it as ``agent.toml.pifleet-new``.
+directory, owned by root when run as root.  The bundle's settings become the drop-in
+``etc/pifleet/agent.d/50-enrollment.toml``: the package's conffile ``agent.toml`` is never
+written, so package upgrades never ask about it, and enrolling again replaces the drop-in.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PREFIX = "etc/pifleet"
+DROP_IN = "agent.d/50-enrollment.toml"
 SECRETS = f"{PREFIX}/secrets"
 MAX_FILE_BYTES = 1024 * 1024
 MAX_MEMBERS = 64
@@ -30,8 +32,8 @@ class EnrollError(Exception):
 @dataclass
 class Enrolled:
     written: list[Path] = field(default_factory=list)
-    config: Path = Path("/etc/pifleet/agent.toml")
-    config_is_new: bool = True  # False: written as agent.toml.pifleet-new, to be merged
+    config: Path = Path("/etc/pifleet/agent.toml")  # what `pifleet-agent run --config` reads
+    drop_in: Path = Path("/etc/pifleet/agent.d/50-enrollment.toml")
 
 
 def read_bundle(bundle: Path) -> dict[str, bytes]:
@@ -90,7 +92,7 @@ def enroll(bundle: Path, root: Path = Path("/")) -> Enrolled:
     secrets.mkdir(mode=0o700, exist_ok=True)
     os.chmod(secrets, 0o700)
     _own(secrets)
-    result = Enrolled(config=etc / "agent.toml")
+    result = Enrolled(config=etc / "agent.toml", drop_in=etc / DROP_IN)
     for name, content in sorted(files.items()):
         target = root / name
         if name == f"{PREFIX}/agent.toml":
@@ -98,9 +100,8 @@ def enroll(bundle: Path, root: Path = Path("/")) -> Enrolled:
             if str(root) != "/":
                 config = content.decode("utf-8").replace(
                     f'"/{PREFIX}/', f'"{root.as_posix().rstrip("/")}/{PREFIX}/').encode("utf-8")
-            if target.exists():
-                target = target.with_name("agent.toml.pifleet-new")
-                result.config_is_new = False
+            target = result.drop_in
+            target.parent.mkdir(parents=True, exist_ok=True)
             _write(target, config, 0o644)
         elif name.startswith(SECRETS + "/"):
             if posixpath.dirname(name) != SECRETS:
@@ -138,12 +139,6 @@ def _write(path: Path, content: bytes, mode: int) -> None:
 
 def next_steps(result: Enrolled) -> list[str]:
     lines = [f"wrote {path}" for path in result.written]
-    if result.config_is_new:
-        lines.append(f"next: `pifleet-agent doctor --config {result.config}`, then "
-                     "`systemctl restart pifleet-agent`")
-    else:
-        new = result.config.with_name("agent.toml.pifleet-new")
-        lines.append(f"{result.config} exists and was left alone: merge the [identity], [aws] "
-                     f"and [telemetry] sections of {new} into it, then `pifleet-agent doctor "
-                     f"--config {result.config}` and `systemctl restart pifleet-agent`")
+    lines.append(f"next: `pifleet-agent doctor --config {result.config}`, then "
+                 "`systemctl restart pifleet-agent`")
     return lines

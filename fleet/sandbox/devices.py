@@ -62,7 +62,7 @@ def start_devices(info: dict[str, Any], count: int, root: Path, *,
                             credentials_endpoint=info["credentials_endpoint"],
                             credentials_ca=Path(info["credentials_ca"])))
         enrolled = enroll(bundle, root=home)
-        configure(enrolled.config, home, info, name)
+        configure(enrolled.drop_in, home, info, name)
         devices.append(_start(name, home, enrolled.config, APP_PORT_BASE + index))
     return devices
 

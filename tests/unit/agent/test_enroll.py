@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from agent.cli import main
+from agent.config import read_config
 from agent.enroll import EnrollError, enroll
 
 AGENT = str(Path(sys.executable).parent / "pifleet-agent")
@@ -43,9 +44,10 @@ def test_enroll_writes_files_with_modes(tmp_path: Path) -> None:
     for name in ("device.pem.crt", "private.pem.key"):
         assert (secrets / name).stat().st_mode & 0o777 == 0o600
     assert (secrets / "private.pem.key").read_bytes() == b"KEY"
-    config = tomllib.loads((root / "etc/pifleet/agent.toml").read_text())
+    config = tomllib.loads((root / "etc/pifleet/agent.d/50-enrollment.toml").read_text())
     assert config["identity"]["private_key"] == f"{root}/etc/pifleet/secrets/private.pem.key"
-    assert result.config_is_new and len(result.written) == 3
+    assert result.drop_in == root / "etc/pifleet/agent.d/50-enrollment.toml"
+    assert result.config == root / "etc/pifleet/agent.toml" and len(result.written) == 3
     assert not list(secrets.glob(".*tmp"))
 
 
@@ -81,17 +83,19 @@ def test_not_a_bundle(tmp_path: Path) -> None:
                tmp_path)
 
 
-def test_existing_agent_toml_is_not_clobbered(tmp_path: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_conffile_is_never_written_and_the_drop_in_is_read(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = tmp_path / "root"
     (root / "etc/pifleet").mkdir(parents=True)
-    (root / "etc/pifleet/agent.toml").write_text("# the package's conffile\n")
+    conffile = "# the package's conffile\n[agent]\npoll_interval_s = 7.0\n"
+    (root / "etc/pifleet/agent.toml").write_text(conffile)
     status = main(["enroll", str(make_bundle(tmp_path / "b.tar")), "--root", str(root)])
     assert status == 0
-    assert (root / "etc/pifleet/agent.toml").read_text() == "# the package's conffile\n"
-    assert "mode = \"iot-cert\"" in (root / "etc/pifleet/agent.toml.pifleet-new").read_text()
-    out = capsys.readouterr().out
-    assert "merge" in out and "systemctl restart pifleet-agent" in out
+    assert (root / "etc/pifleet/agent.toml").read_text() == conffile
+    assert "systemctl restart pifleet-agent" in capsys.readouterr().out
+    config = read_config(root / "etc/pifleet/agent.toml")
+    assert config.identity.mode == "iot-cert"  # from the drop-in
+    assert config.agent.poll_interval_s == 7.0  # from the conffile, kept
 
 
 def test_cli_subprocess_reports_errors_without_traceback(tmp_path: Path) -> None:
