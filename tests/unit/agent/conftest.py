@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from fleet.sandbox.server import Sandbox
+from tests.support.sandbox import fresh
 
 ALIAS = "pifleet-device"
 
@@ -79,7 +80,5 @@ def sandbox() -> Iterator[Sandbox]:
 
 @pytest.fixture
 def world(sandbox: Sandbox) -> Iterator[World]:
-    sandbox.app.reset()  # moto's backends are process-wide: start from nothing
-    sandbox.app.shape_errors.clear()
-    yield World(sandbox)
-    assert sandbox.app.shape_errors == [], "sandbox responses broke the service model"
+    with fresh(sandbox):
+        yield World(sandbox)

@@ -26,6 +26,7 @@ from agent.aws.http import HttpClient, HttpError
 from agent.aws.model import load_commands_model
 from fleet.sandbox.server import Sandbox
 from fleet.sandbox.state import Timeouts
+from tests.support.sandbox import fresh as fresh_sandbox
 
 from .loopback import Origin, Running, start_origin
 
@@ -47,10 +48,8 @@ def sandbox() -> Iterator[Sandbox]:
 
 @pytest.fixture
 def fresh(sandbox: Sandbox) -> Iterator[Sandbox]:
-    sandbox.app.reset()
-    sandbox.app.shape_errors.clear()
-    yield sandbox
-    assert sandbox.app.shape_errors == [], "sandbox responses broke the service model"
+    with fresh_sandbox(sandbox) as clean:
+        yield clean
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import pytest
 from fleet.sandbox.scripted_host import ScriptedHost, register_host
 from fleet.sandbox.server import Endpoint, Sandbox
 from fleet.sandbox.state import Timeouts
+from tests.support.sandbox import fresh
 
 
 @dataclass
@@ -35,7 +36,5 @@ def sandbox() -> Iterator[Sandbox]:
 @pytest.fixture
 def fleet(sandbox: Sandbox) -> Iterator[Fleet]:
     """The shared sandbox, reset (ours and moto's state) for each test."""
-    sandbox.app.reset()
-    sandbox.app.shape_errors.clear()
-    yield Fleet(sandbox, sandbox.endpoint)
-    assert sandbox.app.shape_errors == [], "sandbox responses broke the service model"
+    with fresh(sandbox):
+        yield Fleet(sandbox, sandbox.endpoint)
