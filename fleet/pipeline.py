@@ -435,16 +435,21 @@ def list_pipelines(aws: Aws) -> list[dict[str, Any]]:
     return out
 
 
+def _existing_pipeline(aws: Aws, name: str, doing: str) -> dict[str, Any]:
+    codepipeline = aws.client("codepipeline")
+    with aws_errors(doing):
+        try:
+            return dict(codepipeline.get_pipeline(name=name)["pipeline"])
+        except codepipeline.exceptions.PipelineNotFoundException:
+            raise NotFound(f"pipeline {name!r} does not exist; `fleetctl pipeline list` shows "
+                           "the pipelines of this account and region") from None
+
+
 def show_pipeline(aws: Aws, name: str, *, executions: int = 5) -> dict[str, Any]:
     """The pipeline's stages and actions, plus its state (GetPipelineState) or, where that is
     not available (moto), its last executions."""
     codepipeline = aws.client("codepipeline")
-    with aws_errors(f"reading pipeline {name}"):
-        try:
-            pipeline = codepipeline.get_pipeline(name=name)["pipeline"]
-        except codepipeline.exceptions.PipelineNotFoundException:
-            raise NotFound(f"pipeline {name!r} does not exist; `fleetctl pipeline list` shows "
-                           "the pipelines of this account and region") from None
+    pipeline = _existing_pipeline(aws, name, f"reading pipeline {name}")
     stages = [{"name": s["name"], "actions": [{
         "name": a["name"],
         "type": "{category}/{owner}/{provider}/{version}".format(**a["actionTypeId"]),
@@ -498,12 +503,8 @@ def delete_pipeline(aws: Aws, names: FleetNames, name: str, *, keep_role: bool =
     """Delete the pipeline and (unless ``keep_role``) the service role fleetctl made for it.
     The artifact bucket stays: other pipelines and pushes share it."""
     codepipeline = aws.client("codepipeline")
+    pipeline = _existing_pipeline(aws, name, f"deleting pipeline {name}")
     with aws_errors(f"deleting pipeline {name}"):
-        try:
-            pipeline = codepipeline.get_pipeline(name=name)["pipeline"]
-        except codepipeline.exceptions.PipelineNotFoundException:
-            raise NotFound(f"pipeline {name!r} does not exist; `fleetctl pipeline list` shows "
-                           "the pipelines of this account and region") from None
         codepipeline.delete_pipeline(name=name)
     changes = [Change("pipeline", name, "delete")]
     role = str(pipeline.get("roleArn", "")).rsplit("/", 1)[-1]
