@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export VENV
 
-.PHONY: demo test lint typecheck unit bench deps clean deb
+.PHONY: demo test lint typecheck unit system testbed bench soak deps clean deb
 
 deps:
 	@dev/bootstrap.sh
@@ -12,7 +12,7 @@ deps:
 demo: deps
 	@dev/demo.sh
 
-test: deps lint typecheck unit
+test: deps lint typecheck unit system
 
 lint: deps
 	$(BIN)/ruff check .
@@ -21,7 +21,16 @@ typecheck: deps
 	$(BIN)/mypy
 
 unit: deps
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --ignore=tests/system
+
+# The package installed, upgraded, purged and booted in Debian 12 containers (amd64 under
+# systemd-nspawn; arm64 and armhf under qemu-user-static). A separate stage: it needs root.
+system: deps testbed
+	$(BIN)/pytest -q tests/system
+
+# The cached Debian 12 trees tests/system uses (PIFLEET_TESTBED_CACHE, /var/cache/pifleet-testbed).
+testbed: deps
+	$(BIN)/python -m tests.support.testbed build amd64 arm64 armhf
 
 # The pifleet-agent .deb in dist/ (Architecture: all: one .deb for amd64, arm64 and armhf).
 ARCH ?= amd64

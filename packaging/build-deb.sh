@@ -41,6 +41,10 @@ mkdir -p "$src/wheelhouse"
 (cd "$repo" && find agent appspec sensors -name __pycache__ -prune -o -type f \
   \( -name '*.py' -o -name '*.json' \) -exec cp --parents -t "$src" {} +)
 cp -r "$repo/packaging/debian" "$src/debian"
+# PIFLEET_DEB_VERSION (tests: "upgrade from the previous build") replaces the top entry's version.
+if [ -n "${PIFLEET_DEB_VERSION:-}" ]; then
+  sed -i "1s/([^)]*)/($PIFLEET_DEB_VERSION)/" "$src/debian/changelog"
+fi
 cp "$repo/packaging/pifleet-agent" "$repo/packaging/agent.toml" "$src/"
 cp "${wheels[@]}" "$src/wheelhouse/"
 

@@ -29,6 +29,8 @@ CACHE = Path(os.environ.get("PIFLEET_TESTBED_CACHE", "/var/cache/pifleet-testbed
 # offline; systemd + dbus make the tree bootable. Changing this list rebuilds the cache.
 PACKAGES = ("python3", "python3-yaml", "python3-serial", "systemd", "systemd-sysv", "dbus",
             "procps", "acl")
+# Foreign (qemu-user) trees are never booted: the package's Depends are enough.
+FOREIGN_PACKAGES = ("python3", "python3-yaml", "python3-serial", "acl")
 QEMU = {"arm64": "qemu-aarch64", "armhf": "qemu-arm"}
 HOST_ARCH = "amd64"
 
@@ -75,9 +77,14 @@ def _stamp(tree: Path) -> Path:
     return tree.parent / f"{tree.name}.stamp"
 
 
+def _packages(arch: str) -> tuple[str, ...]:
+    return PACKAGES if arch == HOST_ARCH else FOREIGN_PACKAGES
+
+
 def _stamp_matches(tree: Path) -> bool:
     stamp = _stamp(tree)
-    return tree.is_dir() and stamp.is_file() and stamp.read_text() == " ".join(PACKAGES)
+    arch = tree.name.rsplit("-", 1)[-1]
+    return tree.is_dir() and stamp.is_file() and stamp.read_text() == " ".join(_packages(arch))
 
 
 def enable_foreign(arch: str) -> None:
@@ -104,7 +111,7 @@ def build(arch: str) -> Path:
     try:
         result = subprocess.run(
             ["debootstrap", f"--arch={arch}", "--variant=minbase",
-             f"--include={','.join(PACKAGES)}", RELEASE, str(work / "root"),
+             f"--include={','.join(_packages(arch))}", RELEASE, str(work / "root"),
              debian_mirror()], capture_output=True, text=True, check=False)
         if result.returncode != 0:
             log = work / "root" / "debootstrap" / "debootstrap.log"
@@ -121,7 +128,7 @@ def build(arch: str) -> Path:
         if tree.exists():
             shutil.rmtree(tree)
         root.rename(tree)
-        _stamp(tree).write_text(" ".join(PACKAGES))
+        _stamp(tree).write_text(" ".join(_packages(arch)))
         return tree
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -169,8 +176,8 @@ class Booted:
     def start(self, timeout_s: float = 120) -> Booted:
         with self.log.open("wb") as out:
             self._nspawn = subprocess.Popen(
-                ["systemd-nspawn", "-q", "--register=no", "--keep-unit", "-D", str(self.root), "--boot",
-                 "--console=passive"], stdin=subprocess.DEVNULL, stdout=out,
+                ["systemd-nspawn", "-q", "--register=no", "--keep-unit", "-D", str(self.root),
+                 "--boot", "--console=passive"], stdin=subprocess.DEVNULL, stdout=out,
                 stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
