@@ -45,7 +45,7 @@ cp -r "$repo/packaging/debian" "$src/debian"
 if [ -n "${PIFLEET_DEB_VERSION:-}" ]; then
   sed -i "1s/([^)]*)/($PIFLEET_DEB_VERSION)/" "$src/debian/changelog"
 fi
-cp "$repo/packaging/pifleet-agent" "$repo/packaging/agent.toml" "$src/"
+cp "$repo/packaging/pifleet-agent" "$repo/packaging/agent.toml" "$repo/packaging/pifleet-agent.1" "$src/"
 cp "${wheels[@]}" "$src/wheelhouse/"
 
 epoch=$(git -C "$repo" log -1 --format=%ct 2>/dev/null || echo 1700000000)
