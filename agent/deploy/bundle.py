@@ -22,12 +22,14 @@ Leading-directory strip (archives only, as in the official agent)
     tarballs, zips of a folder).
 
 Safety (each refusal is a ``BundleError`` naming the entry)
-    Names that are absolute, hold a ``..`` component or a NUL byte; symlinks whose target leaves
-    the final root (checked by name when the link is read, and again on disk once everything is
-    written, which catches chains such as ``a -> .`` plus ``b -> a/a/..``, and links the strip
-    would push outside); hard links to anything but an earlier regular file of the bundle;
-    devices, FIFOs and sockets; entries whose path goes through a symlink of the bundle (we never
-    write through a link). Files are created with ``O_EXCL | O_NOFOLLOW``.
+    Names that are absolute, hold a ``..`` component, a NUL byte or a line break (the clean-up
+    file is one path per line: ``"x\\n/etc/passwd"`` would have the next Install delete
+    ``/etc/passwd``); symlinks whose target leaves the final root (checked by name when the
+    link is read, and again on disk once everything is written, which catches chains such as
+    ``a -> .`` plus ``b -> a/a/..``, and links the strip would push outside); hard links to
+    anything but an earlier regular file of the bundle; devices, FIFOs and sockets; entries
+    whose path goes through a symlink of the bundle (we never write through a link). Files
+    are created with ``O_EXCL | O_NOFOLLOW``.
 
 Modes, owners, times
     As ``tar -xp`` / Info-ZIP ``unzip`` do, except that setuid/setgid bits are dropped (the
@@ -405,6 +407,10 @@ def _set_mtime(target: int | str, mtime_ns: int | None) -> None:
 def _name_problem(raw: str) -> str:
     if "\0" in raw:
         return "has a NUL byte in its name"
+    if "\n" in raw:
+        # The clean-up file lists one path per line: such a name would make the next
+        # deployment delete whatever path follows the line break.
+        return "has a line break in its name"
     if raw.startswith("/"):
         return "has an absolute path"
     if ".." in raw.split("/"):

@@ -393,6 +393,11 @@ def test_later_entry_with_the_same_name_wins(deploy: Path) -> None:
                  id="through-link-to-subdir"),
     pytest.param([tfile("f"), tfile("f/x")], ["'f/x'", "directory"], id="through-file"),
     pytest.param([tdir("d"), tfile("d")], ["'d'", "directory"], id="file-over-directory"),
+    # Found by the security suite: the clean-up file is one path per line, so the next Install
+    # would have deleted /etc/passwd.
+    pytest.param([tfile("x\n/etc/passwd")], ["'x\\n/etc/passwd'", "line break"],
+                 id="newline-in-name"),
+    pytest.param([tfile("ok"), thard("h\nx", "ok")], ["line break"], id="newline-in-link-name"),
 ])
 def test_unsafe_tar_entries_are_refused(deploy: Path, members: list[TarMember],
                                         fragments: list[str]) -> None:
@@ -437,6 +442,12 @@ def test_unsafe_zip_entries_are_refused(deploy: Path, members: list[tuple[zipfil
 def test_zip_name_with_nul_is_refused(deploy: Path) -> None:
     bundle = patched_zip(deploy / "bundle.tar", "evil?name", b"evil\0name")
     assert_refused(bundle, BundleType.ZIP, deploy, "'evil\\x00name'", "NUL")
+
+
+def test_zip_name_with_a_line_break_is_refused(deploy: Path) -> None:
+    bundle = make_zip(deploy / "bundle.tar", (zinfo("appspec.yml"), APPSPEC),
+                      (zinfo("x\n/etc/passwd"), b"x"))
+    assert_refused(bundle, BundleType.ZIP, deploy, "'x\\n/etc/passwd'", "line break")
 
 
 def test_encrypted_zip_is_refused(deploy: Path) -> None:
