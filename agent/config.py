@@ -71,6 +71,9 @@ class Agent:
     spec_trust_anchors: str = ""  # PEM CA bundle; empty: verify the signature only
     max_parallel_groups: int = 4
     agent_version: str = ""
+    # The longest back-off between failed polls; the official schedule (10 ... 90 s) is scaled
+    # to it, so tests and the sandbox can watch it reach the cap in seconds.
+    max_backoff_s: float = 90.0
 
 
 @dataclass(frozen=True)
@@ -292,6 +295,9 @@ def validate(config: Config) -> Config:
     if config.agent.poll_interval_s <= 0 or config.agent.max_revisions < 1:
         raise ConfigError(f"{where} [agent]: poll_interval_s must be > 0 and max_revisions "
                           ">= 1")
+    if config.agent.max_backoff_s <= 0:
+        raise ConfigError(f"{where} [agent]: max_backoff_s must be > 0 (90 is the official "
+                          "agent's)")
     return config
 
 

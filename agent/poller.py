@@ -27,12 +27,20 @@ from .deploy.specification import TrustPolicy, read_deployment_specification
 log = logging.getLogger(__name__)
 
 MAX_ERROR_COUNT = 10
+OFFICIAL_MAX_BACKOFF_S = 90.0
 
 
-def backoff_s(errors: int) -> float:
-    """The official agent's sleep after ``errors`` consecutive failed polls: 10, 13, ... 90 s."""
+def backoff_s(errors: int, max_backoff_s: float = OFFICIAL_MAX_BACKOFF_S) -> float:
+    """The official agent's sleep after ``errors`` consecutive failed polls: 10, 13, ... 90 s,
+    scaled so that it ends at ``max_backoff_s``."""
     n = min(max(errors, 1), MAX_ERROR_COUNT)
-    return float(math.floor(1.2675**n * 90 / 1.2675**MAX_ERROR_COUNT))
+    official = math.floor(1.2675**n * OFFICIAL_MAX_BACKOFF_S / 1.2675**MAX_ERROR_COUNT)
+    return official * max_backoff_s / OFFICIAL_MAX_BACKOFF_S
+
+
+def _error_kind(exc: Exception) -> str:
+    """What stays the same across attempts of one failure (messages carry times and ids)."""
+    return str(getattr(exc, "code", "") or type(exc).__name__)
 
 
 class CommandService(Protocol):
@@ -73,12 +81,17 @@ class Poller:
     def __init__(self, service: CommandService, executor: CommandExecutor, *,
                  host_identifier: Callable[[], str], trust: TrustPolicy,
                  poll_interval_s: float = 1.0, max_parallel_groups: int = 4,
+                 max_backoff_s: float = OFFICIAL_MAX_BACKOFF_S,
                  on_change: Callable[[Activity], None] | None = None) -> None:
         self._service = service
         self._executor = executor
         self._host_identifier = host_identifier
         self._trust = trust
         self._interval = poll_interval_s
+        self._max_backoff_s = max_backoff_s
+        # The kind of the failure being backed off from, and when it began; None when polling.
+        self._failing: tuple[str, float] | None = None
+        self._failed_polls = 0  # in this outage (consecutive_errors stops at the cap)
         self._pool = ThreadPoolExecutor(max_workers=max_parallel_groups,
                                         thread_name_prefix="pifleet-command")
         self._group_locks: dict[str, threading.Lock] = {}
@@ -119,18 +132,34 @@ class Poller:
                 self.activity.consecutive_errors = min(self.activity.consecutive_errors + 1,
                                                        MAX_ERROR_COUNT)
                 self.activity.last_error = str(exc)
-                wait += backoff_s(self.activity.consecutive_errors)
-                log.warning("polling failed (%d in a row), next try in %.0f s: %s",
-                            self.activity.consecutive_errors, wait, exc)
+                wait += backoff_s(self.activity.consecutive_errors, self._max_backoff_s)
+                self._log_failure(exc, wait)
                 self._changed("backing off")
             self._wake.wait(wait)
             self._wake.clear()
+
+    def _log_failure(self, exc: Exception, wait: float) -> None:
+        """A warning when polling starts failing or fails differently, not per attempt: an
+        outage of hours must not fill the journal (each attempt is still logged at DEBUG)."""
+        kind = _error_kind(exc)
+        self._failed_polls += 1
+        if self._failing is None or self._failing[0] != kind:
+            started = self._failing[1] if self._failing else time.monotonic()
+            self._failing = (kind, started)
+            log.warning("polling failed, backing off (up to %g s between attempts) until it "
+                        "works again: %s", self._max_backoff_s, exc)
+        log.debug("polling failed (%d in a row), next try in %.1f s: %s",
+                  self.activity.consecutive_errors, wait, exc)
 
     def poll_once(self) -> bool:
         """One PollHostCommand; a command is handed to a worker. True when one came."""
         host = self._host_identifier()
         command = self._service.poll_host_command(host)
         self.activity.last_poll = time.time()
+        if self._failing is not None:
+            log.info("polling works again after %d failed polls over %.0f s",
+                     self._failed_polls, time.monotonic() - self._failing[1])
+            self._failing, self._failed_polls = None, 0
         if self.activity.consecutive_errors or self.activity.state != "polling":
             self.activity.consecutive_errors = 0
             self.activity.last_error = None

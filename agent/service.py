@@ -92,6 +92,7 @@ def build(config: Config, *, on_change: Callable[[Activity], None]) -> Wiring:
                         if config.agent.spec_trust_anchors else None)
     poller = Poller(client, CommandExecutor(engine, fetch=fetch), host_identifier=lambda: host,
                     trust=trust, poll_interval_s=config.agent.poll_interval_s,
+                    max_backoff_s=config.agent.max_backoff_s,
                     max_parallel_groups=config.agent.max_parallel_groups, on_change=on_change)
     return Wiring(config, credentials, host, poller)
 

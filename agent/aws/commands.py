@@ -181,7 +181,8 @@ class CommandClient:
                 if not retryable or attempt >= self._max_attempts:
                     raise
                 delay = _backoff(attempt)
-                log.info("%s failed (%s); attempt %d of %d in %.2f s",
+                # DEBUG: the poller reports an outage once; a line per retry would flood it.
+                log.debug("%s failed (%s); attempt %d of %d in %.2f s",
                          operation, exc, attempt + 1, self._max_attempts, delay)
                 self._sleep(delay)
                 attempt += 1

@@ -228,7 +228,7 @@ def test_doctor_fails_an_unknown_key_without_a_traceback(world: World, tmp_path:
         f"FAIL configuration: {config} [agent]: unknown key 'poll_intervall_s'; the keys are "
         "poll_interval_s, deployment_root, status_file, install_root, max_revisions, "
         "shutdown_grace_s, wait_for_clock_sync, spec_trust_anchors, max_parallel_groups, "
-        "agent_version",
+        "agent_version, max_backoff_s",
         f"     fix: edit {config}"]
     assert "Traceback" not in result.stdout + result.stderr
 
