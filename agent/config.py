@@ -314,12 +314,19 @@ def check_secret_file(path: str) -> None:
     """A secret must be a regular file, readable by its owner only, owned by root (or by the
     user the agent runs as, when it is not root: a developer's machine)."""
     try:
-        info = os.stat(path)
+        # lstat: a link's target can be swapped by whoever controls the link or its directory,
+        # so a secret must be the file itself.
+        info = os.lstat(path)
     except FileNotFoundError:
         raise ConfigError(f"{path} does not exist; run `pifleet-agent enroll` with the device's "
                           "enrollment bundle") from None
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    if stat.S_ISLNK(info.st_mode):
+        raise ConfigError(f"{path} holds secrets but is a symbolic link (to "
+                          f"{_link_target(path)}); put the file itself there: run `cp "
+                          f"--remove-destination \"$(readlink -f {path})\" {path}` and "
+                          f"`chmod 600 {path}`")
     if not stat.S_ISREG(info.st_mode):
         raise ConfigError(f"{path} is not a regular file")
     if info.st_mode & 0o077:
@@ -329,3 +336,10 @@ def check_secret_file(path: str) -> None:
     if not owner_ok:
         raise ConfigError(f"{path} holds secrets but is owned by uid {info.st_uid}; run "
                           f"`chown root: {path}`")
+
+
+def _link_target(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return "an unreadable target"

@@ -352,6 +352,19 @@ def test_a_directory_is_not_a_secret_file(tmp_path: Path) -> None:
         check_secret_file(str(directory))
 
 
+def test_a_symlinked_secret_is_refused_with_the_fix(tmp_path: Path) -> None:
+    real = write(tmp_path, "[default]\n", "real-credentials")
+    real.chmod(0o600)
+    link = tmp_path / "credentials"
+    link.symlink_to(real)
+    with pytest.raises(ConfigError) as caught:
+        check_secret_file(str(link))
+    assert str(caught.value) == (
+        f"{link} holds secrets but is a symbolic link (to {real}); put the file itself there: "
+        f"run `cp --remove-destination \"$(readlink -f {link})\" {link}` and "
+        f"`chmod 600 {link}`")
+
+
 def test_a_missing_secret_says_to_enroll(tmp_path: Path) -> None:
     missing = tmp_path / "credentials"
     with pytest.raises(ConfigError) as caught:
