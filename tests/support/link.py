@@ -5,12 +5,20 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 import threading
+import time
 
 
 class Link:
     """The device's network: a TCP relay to the broker that can be cut and restored on the same
-    port, while the broker (and the shadow service behind it) stays up, as AWS does."""
+    port, while the broker (and the shadow service behind it) stays up, as AWS does.
+
+    It also keeps what the tests measure: when each connection was attempted (``attempts``,
+    monotonic seconds, also while refusing), and how many bytes came back from the service
+    (``downstream_bytes``). ``cut_after`` makes the next connections break off after so many
+    bytes from the service, one budget per connection: a download cut part way.
+    """
 
     def __init__(self, target_port: int) -> None:
         self._target = target_port
@@ -18,9 +26,18 @@ class Link:
         self._listener: socket.socket | None = None
         self._connections: list[socket.socket] = []
         self._lock = threading.Lock()
+        self._refusing = False
+        self._budgets: list[int] = []
+        self.attempts: list[float] = []
+        self.downstream_bytes = 0
+        self.cuts = 0
         self.up()
 
     def up(self) -> None:
+        with self._lock:
+            self._refusing = False
+            if self._listener is not None:
+                return
         listener = socket.socket()
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", self.port))
@@ -32,13 +49,36 @@ class Link:
     def down(self) -> None:
         with self._lock:
             listener, self._listener = self._listener, None
-            connections, self._connections = self._connections, []
         if listener is not None:
             # close() alone leaves a listener that another thread is blocked in accept() on
             # still accepting (Linux); shutdown() wakes that accept() and stops listening.
             with contextlib.suppress(OSError):
                 listener.shutdown(socket.SHUT_RDWR)
             listener.close()
+        self._drop_connections()
+
+    def refuse(self) -> None:
+        """Down, as a firewall that resets connections is: every attempt is still seen (and
+        counted in ``attempts``), then reset at once."""
+        if self._listener is None:
+            self.up()
+        with self._lock:
+            self._refusing = True
+        self._drop_connections()
+
+    def cut_after(self, *budgets: int) -> None:
+        """The next ``len(budgets)`` connections break off after that many bytes from the
+        service; later ones are whole."""
+        with self._lock:
+            self._budgets = list(budgets)
+
+    def attempts_since(self, since: float) -> list[float]:
+        with self._lock:
+            return [t for t in self.attempts if t >= since]
+
+    def _drop_connections(self) -> None:
+        with self._lock:
+            connections, self._connections = self._connections, []
         for sock in connections:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
@@ -50,11 +90,23 @@ class Link:
                 client, _ = listener.accept()
             except OSError:
                 return
-            upstream = socket.create_connection(("127.0.0.1", self._target))
+            with self._lock:
+                self.attempts.append(time.monotonic())
+                refusing = self._refusing
+                budget = self._budgets.pop(0) if self._budgets and not refusing else None
+            if refusing:
+                _reset(client)
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self._target))
+            except OSError:
+                _reset(client)
+                continue
             with self._lock:
                 self._connections += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=self._pump_down, args=(upstream, client, budget),
+                             daemon=True).start()
 
     @staticmethod
     def _pump(src: socket.socket, dst: socket.socket) -> None:
@@ -63,3 +115,28 @@ class Link:
                 dst.sendall(data)
         with contextlib.suppress(OSError):
             dst.shutdown(socket.SHUT_RDWR)
+
+    def _pump_down(self, src: socket.socket, dst: socket.socket, budget: int | None) -> None:
+        """Service to device, counted, and cut with a reset once ``budget`` bytes went by."""
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536 if budget is None else min(65536, budget)):
+                dst.sendall(data)
+                with self._lock:
+                    self.downstream_bytes += len(data)
+                if budget is not None:
+                    budget -= len(data)
+                    if budget <= 0:
+                        with self._lock:
+                            self.cuts += 1
+                        _reset(dst)
+                        src.close()
+                        return
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_RDWR)
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close with an RST, as a dropped route or a firewall's reject does, not a clean FIN."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
