@@ -14,6 +14,7 @@ import json
 import os
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -25,6 +26,13 @@ from fleet.sandbox.server import Sandbox
 from fleet.sandbox.state import Timeouts
 from tests.e2e.conftest import World, revision_zip
 from tests.support.waiting import wait_for
+
+from .timing import Figure, mb
+
+TITLE = "pifleet-agent daemon"
+ISSUE = 5
+RUNS = {"full": [["--deployments", "200", "--idle-seconds", "60"]],
+        "quick": [["--deployments", "15", "--idle-seconds", "10"]]}
 
 HOOKS = ("ApplicationStop", "BeforeInstall", "AfterInstall", "ApplicationStart",
          "ValidateService")
@@ -77,6 +85,14 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError("no VmRSS")
+
+
+def bare_python_rss_kib() -> int:
+    """Peak RSS of ``python -c pass``: the floor any Python daemon starts from."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    _, _, usage = os.wait4(process.pid, 0)
+    process.returncode = 0
+    return usage.ru_maxrss
 
 
 def run(deployments: int, idle_seconds: float) -> dict[str, Any]:
@@ -150,7 +166,29 @@ def _measure(world: World, device: Any, relay: CountingRelay, deployments: int,
         "rss_after_all_mb": samples[-1] / 1024,
         "rss_growth_mb": (samples[-1] - samples[0]) / 1024,
         "python": sys.version.split()[0],
+        "python_pass_rss_mb": bare_python_rss_kib() / 1024,
     }
+
+
+def figures(result: dict[str, Any], argv: list[str]) -> list[Figure]:
+    growth = result["rss_growth_mb"]
+    latency = result["first_hook_latency_s_median"]
+    return [
+        Figure(f"idle RSS of pifleet-agent run after {result['idle_seconds']:.0f} s of polling",
+               mb(result["idle_rss_mb"]), "at most 30 MB", result["idle_rss_mb"] <= 30,
+               result["idle_rss_mb"] / result["python_pass_rss_mb"],
+               f"python -c pass ({result['python_pass_rss_mb']:.1f} MB peak)"),
+        Figure(f"RSS after 10 deployments / after {result['deployments']}",
+               f"{result['rss_after_10_mb']:.1f} / {result['rss_after_all_mb']:.1f} MB: "
+               f"{growth * 1024:+.0f} KiB", "growth under 1 MB", growth < 1),
+        Figure("CreateDeployment to the first hook starting (5 runs)",
+               f"median {latency:.2f} s, max {result['first_hook_latency_s_max']:.2f} s",
+               "under 2 s", result["first_hook_latency_s_max"] < 2),
+        Figure("command-plane traffic while idle (1 poll/s, both directions)",
+               f"{result['idle_bytes_per_hour'] / 1e6:.2f} MB per hour"),
+        Figure(f"{result['deployments']} deployments at a 0.05 s poll interval",
+               f"{result['deployments_seconds']:.0f} s"),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

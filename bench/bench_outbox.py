@@ -24,8 +24,15 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from agent.telemetry.outbox import DEFAULT_PAGE_SIZE, Outbox
+
+from .timing import Figure
+
+TITLE = "Telemetry outbox: disk writes and throughput"
+ISSUE = 6
+RUNS = {"full": [[]], "quick": [["--hours", "1", "--messages", "2000"]]}
 
 SENSORS = ("dht11", "sds011")
 HOUR_S = 3600.0
@@ -161,6 +168,22 @@ def throughput(directory: Path, messages: int, page_size: int) -> ThroughputResu
         assert drained == messages
     return ThroughputResult(messages, page_size, messages / put_s, messages / drain_s,
                             messages / (put_s + drain_s))
+
+
+def figures(result: dict[str, Any], argv: list[str]) -> list[Figure]:
+    rows = []
+    for w in result["wear"]:
+        disk = w["disk_bytes_per_hour"]
+        shown = "n/a" if disk is None else f"{disk / 1e6:.2f} MB"
+        default = " (default)" if w["page_size"] == DEFAULT_PAGE_SIZE else ""
+        rows.append(Figure(
+            f"bytes written to disk per hour, 2 sensors x 1 reading/min, page size "
+            f"{w['page_size']:,}{default}",
+            f"{shown}, {w['fsyncs_per_hour']:.0f} fsyncs"))
+    for t in result["throughput"]:
+        rows.append(Figure(f"outbox put + peek + ack, {t['messages']:,} messages, page size "
+                           f"{t['page_size']:,}", f"{t['put_peek_ack_per_s']:,.0f} msg/s"))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:

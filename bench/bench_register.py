@@ -23,6 +23,12 @@ from fleet.register import DeviceSpec, register_inventory
 from fleet.sandbox.server import Sandbox
 from fleet.setup import init_fleet
 
+from .timing import Figure
+
+TITLE = "fleetctl: registering a fleet"
+ISSUE = 7
+RUNS = {"full": [["--devices", "1000"]], "quick": [["--devices", "50"]]}
+
 
 def counted(aws: Aws, calls: Counter[str]) -> Aws:
     """Count every AWS call the clients make (botocore's before-call event)."""
@@ -57,6 +63,22 @@ def run(devices: int) -> dict[str, Any]:
             "rerun_skipped": len(second.skipped), "rerun_seconds": rerun_s,
             "rerun_calls_per_device": rerun_calls / devices,
             "calls_by_operation": dict(calls.most_common())}
+
+
+def figures(result: dict[str, Any], argv: list[str]) -> list[Figure]:
+    return [
+        Figure(f"{result['devices']:,} devices from an inventory",
+               f"{result['seconds']:.1f} s, {result['calls']:,} API calls: "
+               f"{result['calls_per_device']:.1f} per device",
+               "report calls per device"),
+        Figure("devices that failed to register", str(result["failed"]), "none",
+               result["failed"] == 0),
+        Figure("re-running the same inventory",
+               f"{result['rerun_skipped']:,} skipped in {result['rerun_seconds']:.1f} s, "
+               f"{result['rerun_calls_per_device']:.1f} calls per device"),
+        Figure("calls by operation", ", ".join(
+            f"{k} {v:,}" for k, v in result["calls_by_operation"].items())),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

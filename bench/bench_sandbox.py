@@ -23,6 +23,12 @@ from typing import Any
 
 import boto3
 
+from .timing import Figure
+
+TITLE = "Sandbox control plane: 100 polling hosts"
+ISSUE = 4
+RUNS = {"full": [["--seconds", "30"]], "quick": [["--hosts", "20", "--seconds", "15"]]}
+
 FLEETCTL = str(Path(sys.executable).parent / "fleetctl")
 WORKERS = 4
 ROLE = "arn:aws:iam::123456789012:role/CodeDeployServiceRole"
@@ -176,6 +182,26 @@ def _measure(info: dict[str, Any], count: int, seconds: float, pid: int) -> dict
         "deployment_status": status, "deployment_s": finished, "errors": len(errors),
         "first_errors": errors[:3],
     }
+
+
+def figures(result: dict[str, Any], argv: list[str]) -> list[Figure]:
+    deployment = result["deployment_s"]
+    return [
+        Figure(f"requests served, {result['hosts']} hosts polling every 1 s",
+               f"{result['requests']:,} in {result['seconds']} s "
+               f"({result['requests_per_s']:.0f}/s)", "report requests/s"),
+        Figure("PollHostCommand latency, median / p99 / max",
+               f"{result['poll_median_ms']:.1f} / {result['poll_p99_ms']:.1f} / "
+               f"{result['poll_max_ms']:,.0f} ms", "report p99"),
+        Figure("sandbox CPU per request",
+               f"{result['sandbox_cpu_ms_per_request']:.2f} ms "
+               f"({result['sandbox_cpu_share']:.0%} of a core)"),
+        Figure("client-side errors", str(result["errors"]), "none", result["errors"] == 0),
+        Figure(f"AllAtOnce deployment of 7 events to all {result['hosts']}",
+               f"{result['deployment_status']} in "
+               + ("(not finished)" if deployment is None else f"{deployment:.1f} s"),
+               "Succeeded", result["deployment_status"] == "Succeeded"),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,6 +25,12 @@ from fleet.aws import Aws, AwsOptions
 from fleet.deploy import DeploymentWatcher, deployment_status
 from fleet.sandbox.server import Sandbox
 
+from .timing import Figure
+
+TITLE = "fleetctl: deployment status"
+ISSUE = 7
+RUNS = {"full": [["--devices", "1000"]], "quick": [["--devices", "100"]]}
+
 ROLE = "arn:aws:iam::123456789012:role/CodeDeployServiceRole"
 REVISION = {"revisionType": "S3", "s3Location": {"bucket": "artifacts", "key": "aqi/v1.zip",
                                                  "bundleType": "zip"}}
@@ -84,6 +90,22 @@ def scenario(sandbox: Sandbox, aws: Aws, devices: int, config: str) -> dict[str,
     steady = calls(watcher.refresh)
     return {"status": status_calls, "first_refresh": first, "catch_up": catch_up,
             "steady": steady, "naive_refresh": status_calls}
+
+
+def figures(result: dict[str, Any], argv: list[str]) -> list[Figure]:
+    devices = result["devices"]
+    rows = []
+    for config in ("AllAtOnce", "OneAtATime"):
+        r = result[config]
+        # "About 40" for 1,000 targets: 1 + 10 list pages + 40 batches of 25 is the floor.
+        budget = 1 + -(-devices // 100) + -(-devices // 25)
+        rows.append(Figure(f"one fleetctl status, {devices:,} targets, {config}",
+                           f"{r['status']} calls", f"about 40 (not {devices:,})",
+                           r["status"] <= budget, r["status"] / devices,
+                           "one call per target"))
+        rows.append(Figure(f"--wait refresh once half are done / the refresh after, {config}",
+                           f"{r['catch_up']} / {r['steady']} calls"))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:

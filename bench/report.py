@@ -1,0 +1,167 @@
+"""BENCHMARKS.md written from the raw results of ``python -m bench`` and the notes beside them.
+
+Nothing in BENCHMARKS.md is typed by hand: figures come from the results JSON, prose from
+``bench/notes/`` (``intro.md`` on top, ``<module>.md`` under each benchmark, ``peers.md`` in the
+Peers section), so regenerating never loses an explanation.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+NOTES = Path(__file__).resolve().parent / "notes"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on: they mean little without it."""
+    cpu = platform.processor() or platform.machine()
+    memory_kib = 0
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory_kib = int(line.split()[1])
+    except OSError:
+        pass
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "ram_gib": round(memory_kib / 1024 / 1024, 1),
+        "kernel": platform.release(), "arch": platform.machine(),
+        "python": sys.version.split()[0],
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "commit": git_commit(), "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def note(name: str, notes: Path = NOTES) -> str:
+    path = notes / f"{name}.md"
+    return path.read_text().strip() if path.exists() else ""
+
+
+def _met(value: bool | None) -> str:
+    return {True: "met", False: "**not met**", None: ""}[value]
+
+
+def _cell(text: object) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _ratio(figure: dict[str, Any]) -> str:
+    if figure.get("ratio") is None:
+        return ""
+    return f"{figure['ratio']:.2f}x {figure.get('baseline') or 'the baseline'}"
+
+
+def render_entry(entry: dict[str, Any], notes: Path = NOTES) -> list[str]:
+    issue = f" (issue {entry['issue']})" if entry.get("issue") else ""
+    lines = [f"## {entry['title']}{issue}", "",
+             f"Module `bench/{entry['module']}.py`.", ""]
+    for run in entry["runs"]:
+        lines.append(f"Command: `{run['command']}` ({run['mode']} mode, {run['seconds']:.0f} s,"
+                     f" measured {run['measured_at']} at {run['commit']}).")
+        lines.append("")
+        if run["status"] == "skipped":
+            lines += [f"Skipped here: {run['reason']}", ""]
+            continue
+        if run["status"] == "failed":
+            lines += [f"**Failed**: {run['reason']}", ""]
+            continue
+        lines += ["| Figure | Result | Target | | Ratio against the in-run baseline |",
+                  "|---|---|---|---|---|"]
+        for f in run["figures"]:
+            lines.append(f"| {_cell(f['what'])} | {_cell(f['value'])} | "
+                         f"{_cell(f.get('target') or '')} | {_met(f.get('met'))} | "
+                         f"{_cell(_ratio(f))} |")
+        lines.append("")
+    text = note(entry["module"], notes)
+    if text:
+        lines += [text, ""]
+    return lines
+
+
+def summary(entries: list[dict[str, Any]]) -> list[str]:
+    lines = ["## Summary: every target the issues set", "",
+             "| Benchmark | Figure | Result | Target | |", "|---|---|---|---|---|"]
+    for entry in entries:
+        for run in entry["runs"]:
+            if run["status"] != "ok":
+                lines.append(f"| {entry['title']} | | {run['status']}: {_cell(run['reason'])}"
+                             f" | | |")
+                continue
+            for f in run["figures"]:
+                if f.get("met") is not None:
+                    lines.append(f"| {entry['title']} | {_cell(f['what'])} | "
+                                 f"{_cell(f['value'])} | {_cell(f['target'])} | "
+                                 f"{_met(f['met'])} |")
+    return [*lines, ""]
+
+
+def _measured_peers(entries: dict[str, dict[str, Any]]) -> list[str]:
+    """Our own figures that the peers publish too, taken from this run's results."""
+    rows = []
+    agent = entries.get("bench_agent")
+    if agent and agent["runs"] and agent["runs"][0]["status"] == "ok":
+        r = agent["runs"][0]["result"]
+        rows.append(f"| pifleet-agent, idle RSS polling the sandbox | {r['idle_rss_mb']:.1f} MB |"
+                    f" `bench/bench_agent.py` |")
+        rows.append(f"| pifleet-agent, idle command-plane traffic | "
+                    f"{r['idle_bytes_per_hour'] / 1e6:.2f} MB/hour | `bench/bench_agent.py` |")
+    deploy = entries.get("bench_deploy")
+    if deploy and deploy["runs"] and deploy["runs"][0]["status"] == "ok":
+        r = deploy["runs"][0]["result"]
+        rows.append(f"| pifleet-agent deploy-local of a 53 MB revision, peak RSS | "
+                    f"{r['peak_rss_mb']:.1f} MB | `bench/bench_deploy.py` |")
+    soak = entries.get("soak")
+    if soak:
+        rows.append(f"| pifleet-agent soak: RSS max / slope per 100 deployments | "
+                    f"{soak['rss_max_mb']:.1f} MB / {soak['rss_kib_per_100']:+.0f} KiB | "
+                    f"`{soak['command']}` |")
+    if not rows:
+        return []
+    return ["### Measured here", "", "| | Figure | Source |", "|---|---|---|", *rows, ""]
+
+
+def render(results: dict[str, Any], notes: Path = NOTES) -> str:
+    m = results["machine"]
+    entries = results["entries"]
+    by_name = {e["module"]: e for e in entries}
+    if results.get("soak"):
+        by_name["soak"] = results["soak"]
+    lines = [
+        "# Benchmarks", "",
+        "<!-- Generated by `make bench` (`python -m bench`) from bench/results.json and "
+        "bench/notes/*.md. Edit the notes, not this file. -->", "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, Linux "
+        f"{m['kernel']} ({m['arch']}), Python {m['python']}. Run: {m['date']}, commit "
+        f"{m['commit']}, {results['mode']} mode, {results['seconds'] / 60:.1f} minutes in all, "
+        f"load average {' / '.join(str(x) for x in m['load_average'])} at the start.", "",
+    ]
+    intro = note("intro", notes)
+    if intro:
+        lines += [intro, ""]
+    lines += summary(entries)
+    for entry in entries:
+        lines += render_entry(entry, notes)
+    lines += ["## Peers", ""]
+    lines += _measured_peers(by_name)
+    peers = note("peers", notes)
+    if peers:
+        lines += [peers, ""]
+    return "\n".join(lines).rstrip() + "\n"
