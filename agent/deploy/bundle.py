@@ -77,7 +77,7 @@ from typing import IO, Literal, NoReturn, TypeVar
 
 from .errors import BundleError
 
-__all__ = ["BundleType", "UnpackLimits", "unpack_bundle"]
+__all__ = ["BundleType", "UnpackLimits", "remove_partial_unpacks", "unpack_bundle"]
 
 CONFIG_FILE = "/etc/pifleet/agent.toml"
 
@@ -213,11 +213,23 @@ def _sniff(bundle: Path) -> str:
 
 # --- the partial directory and the final swap ----------------------------------------------------
 
+def remove_partial_unpacks(destination: Path) -> list[Path]:
+    """Remove the partial directories a crashed unpack into ``destination`` left; what went.
+
+    Only for when no unpack into ``destination`` runs (start-up, or the next unpack itself).
+    """
+    removed = []
+    for stale in destination.parent.glob(f"{_partial_prefix(destination)}*"):
+        _discard(stale)
+        if not os.path.lexists(stale):
+            removed.append(stale)
+    return removed
+
+
 def _prepare(bundle: Path, destination: Path) -> Path:
     try:
         destination.parent.mkdir(parents=True, exist_ok=True)
-        for stale in destination.parent.glob(f"{_partial_prefix(destination)}*"):
-            _discard(stale)
+        remove_partial_unpacks(destination)
         return Path(tempfile.mkdtemp(prefix=_partial_prefix(destination), dir=destination.parent))
     except OSError as exc:
         raise BundleError(f"cannot prepare {destination} for unpacking {bundle}: {exc}") from exc

@@ -22,6 +22,9 @@ Deliberate deviations from ``hook_executor.rb``:
 * A script without a ``#!`` line runs with ``/bin/sh`` (as upstream's exec does implicitly).
 * A log file that cannot be written (full SD card) is reported once and skipped: the scripts
   still run and the diagnostics tail still gets every line.
+* A script still running when the agent dies (SIGKILL, crash, ``KillMode=process``) has its
+  process group recorded (tracking.py), and the next agent start ends it; upstream leaves it
+  running, possibly forever, next to the retried deployment's scripts.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from appspec.model import HookScript
 
 from .diagnostics import LogTail
 from .errors import ErrorCode, ScriptError
+from .tracking import hook_group
 
 __all__ = ["HookRunOptions", "ScriptLog", "command_line", "run_event"]
 
@@ -194,7 +198,8 @@ def _run_script(script: HookScript, *, archive_dir: Path, environment: Mapping[s
     argv = _plan_command(script, path, os.geteuid())
     deadline = time.monotonic() + script.timeout_s
     process = _spawn(argv, script, path, environment, cwd)
-    returncode = _supervise(process, script, deadline, record, options)
+    with hook_group(process.pid):  # so an agent restarted after we die can end the group
+        returncode = _supervise(process, script, deadline, record, options)
     _check_exit(returncode, script)
 
 
