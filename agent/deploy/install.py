@@ -157,6 +157,10 @@ class Installer:
             exists = os.path.lexists(real)
             if exists:
                 _note(log, real)  # OVERWRITE: listed only now that it is really replaced
+            if exists or os.path.islink(step.source):
+                # A kill between creating the replacement and renaming it over ``real`` would
+                # otherwise leave a hidden file of ours there for good.
+                _note(log, replacement_path(real))
             copy_entry(step.source, real, exists=exists)
         elif isinstance(step, Chmod):
             os.chmod(self._real(step.path), step.mode.bits)
@@ -234,8 +238,8 @@ def copy_entry(source: str, destination: str, *, exists: bool | None = None) -> 
     if exists is None:
         exists = os.path.lexists(destination)
     info = os.lstat(source)
+    tmp = replacement_path(destination)
     if stat.S_ISLNK(info.st_mode):
-        tmp = f"{destination}.pifleet-new"
         if os.path.lexists(tmp):
             os.unlink(tmp)
         os.symlink(os.readlink(source), tmp)
@@ -244,8 +248,6 @@ def copy_entry(source: str, destination: str, *, exists: bool | None = None) -> 
     if not exists:
         _copy_file(source, destination)
         return
-    directory, name = os.path.split(destination)
-    tmp = os.path.join(directory, f".{name}.{os.getpid()}.pifleet-new")
     if os.path.lexists(tmp):
         os.unlink(tmp)
     _copy_file(source, tmp)
@@ -254,6 +256,12 @@ def copy_entry(source: str, destination: str, *, exists: bool | None = None) -> 
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def replacement_path(destination: str) -> str:
+    """The hidden sibling a copy is written to before it is renamed over ``destination``."""
+    directory, name = os.path.split(destination)
+    return os.path.join(directory, f".{name}.pifleet-new")
 
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC

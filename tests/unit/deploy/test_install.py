@@ -261,3 +261,17 @@ def test_missing_setfacl_is_a_clear_error(tmp_path: Path) -> None:
                             install_root=t.root, which=lambda _: None)
     with pytest.raises(InstallError, match=r"setfacl is not installed.*'acl'"):
         t.install(revision(tmp_path, appspec, {"app/a.txt": "x"}))
+
+
+def test_a_replacement_cut_short_by_a_kill_is_cleaned_up_next_time(tmp_path: Path) -> None:
+    """OVERWRITE copies to a hidden sibling and renames it over the file; that sibling is
+    listed first, so a kill between the copy and the rename leaves nothing of ours for good."""
+    t = Target(tmp_path)
+    t.path("/opt/app").mkdir(parents=True)
+    t.path("/opt/app/a.txt").write_text("foreign")
+    t.install(revision(tmp_path / "1", APP, {"app/a.txt": "new"}), FileExistsBehavior.OVERWRITE)
+    leftover = t.path("/opt/app/.a.txt.pifleet-new")
+    assert str(leftover) in read_cleanup(t.cleanup)
+    leftover.write_text("half a copy")  # what the kill leaves
+    t.install(revision(tmp_path / "2", APP, {"app/b.txt": "b"}), FileExistsBehavior.OVERWRITE)
+    assert sorted(p.name for p in t.path("/opt/app").iterdir()) == ["b.txt"]
