@@ -99,6 +99,19 @@ class StreamResponse:
                 f"{_explain(exc, self._timeout_s)} reading the body from {self._describe}"
             ) from exc
 
+    def read_some(self, n: int) -> bytes:
+        """Up to ``n`` bytes, whatever has arrived (one socket read); b"" at the end.
+
+        For long bodies: when the connection breaks, the bytes of a ``read(n)`` that was still
+        filling up are lost with it, and a resumed download would fetch them again.
+        """
+        try:
+            return self._response.read1(n)
+        except _NETWORK_ERRORS as exc:
+            raise HttpError(
+                f"{_explain(exc, self._timeout_s)} reading the body from {self._describe}"
+            ) from exc
+
 
 class HttpClient:
     """Thread-safe; one instance per process is the intent.  Close it (or use ``with``) to drop

@@ -330,7 +330,9 @@ class _Job:
 
 def _read(response: StreamResponse, n: int) -> bytes:
     try:
-        return response.read(n)
+        # What has arrived, not a full n: bytes received before a cut are kept and not fetched
+        # again.
+        return response.read_some(n)
     except HttpError as exc:
         raise _Retry(f"the connection broke: {_describe(exc)}", pause=True) from exc
 

@@ -4,8 +4,11 @@ part way. (The MQTT broker's outage is in test_telemetry_outage.py.)"""
 
 from __future__ import annotations
 
+import os
 import time
 from itertools import pairwise
+
+import pytest
 
 from agent.poller import backoff_s
 from tests.faults.conftest import World, revision_zip, set_aws_endpoint
@@ -78,3 +81,49 @@ def test_control_plane_outage_backs_off_to_the_cap_without_busy_looping_and_reco
     assert log.count(RECOVERED) == 1
     assert log.index(STARTED) < log.index(RECOVERED)
     assert f"AfterInstall {deployment}" in (device.root / "proof.txt").read_text()
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.5, 0.9])
+def test_a_bundle_download_cut_part_way_resumes_and_fetches_little_more_than_the_bundle(
+        world: World, fraction: float) -> None:
+    # Random (incompressible, stored) content: the bundle's size is what crosses the wire.
+    bundle = revision_zip({"AfterInstall": ""}, {"payload.hex": os.urandom(1 << 20).hex()})
+    link = Link(sandbox_port(world))
+    device = world.device("pi-flaky")
+    set_aws_endpoint(device, "s3_endpoint", f"http://127.0.0.1:{link.port}")
+    # The first connection to S3 breaks off after this share of the bundle (headers included).
+    link.cut_after(int(len(bundle) * fraction))
+    device.start()
+    try:
+        deployment = world.deploy(world.push("big.zip", bundle))
+        info = world.wait_deployment(deployment, 90)
+    finally:
+        link.down()
+    assert info["status"] == "Succeeded", info.get("errorInformation")
+    assert link.cuts == 1, "the download was never cut: the test proves nothing"
+    assert len(link.attempts) == 2, f"{len(link.attempts)} GETs for one cut"
+    assert link.downstream_bytes <= 1.1 * len(bundle), (
+        f"{link.downstream_bytes} bytes fetched for a {len(bundle)}-byte bundle")
+    log = device.output()
+    assert log.count("retrying in") == 1, "the cut should be retried exactly once"
+    assert f"AfterInstall {deployment}" in (device.root / "proof.txt").read_text()
+
+
+def test_a_bundle_download_reset_part_way_resumes_with_a_ranged_get(world: World) -> None:
+    """An RST rather than an early end: what the device had received but not yet read is gone
+    (the kernel drops it), so only the second GET's size is asserted: the rest, not all."""
+    bundle = revision_zip({"AfterInstall": ""}, {"payload.hex": os.urandom(1 << 20).hex()})
+    link = Link(sandbox_port(world))
+    device = world.device("pi-reset")
+    set_aws_endpoint(device, "s3_endpoint", f"http://127.0.0.1:{link.port}")
+    link.cut_after(len(bundle) // 2, reset=True)
+    device.start()
+    try:
+        deployment = world.deploy(world.push("big.zip", bundle))
+        info = world.wait_deployment(deployment, 90)
+    finally:
+        link.down()
+    assert info["status"] == "Succeeded", info.get("errorInformation")
+    assert link.cuts == 1
+    assert len(link.downstream) == 2, link.downstream
+    assert link.downstream[1] < len(bundle), "the retry fetched the whole bundle again"

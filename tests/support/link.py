@@ -16,8 +16,9 @@ class Link:
 
     It also keeps what the tests measure: when each connection was attempted (``attempts``,
     monotonic seconds, also while refusing), and how many bytes came back from the service
-    (``downstream_bytes``). ``cut_after`` makes the next connections break off after so many
-    bytes from the service, one budget per connection: a download cut part way.
+    (``downstream_bytes``, and per connection in ``downstream``). ``cut_after`` makes the next
+    connections break off after so many bytes from the service, one budget per connection: a
+    download cut part way.
     """
 
     def __init__(self, target_port: int) -> None:
@@ -28,7 +29,9 @@ class Link:
         self._lock = threading.Lock()
         self._refusing = False
         self._budgets: list[int] = []
+        self._reset_cuts = False
         self.attempts: list[float] = []
+        self.downstream: list[int] = []
         self.downstream_bytes = 0
         self.cuts = 0
         self.up()
@@ -66,11 +69,13 @@ class Link:
             self._refusing = True
         self._drop_connections()
 
-    def cut_after(self, *budgets: int) -> None:
+    def cut_after(self, *budgets: int, reset: bool = False) -> None:
         """The next ``len(budgets)`` connections break off after that many bytes from the
-        service; later ones are whole."""
+        service; later ones are whole. The cut is a clean close (the body just ends early), or
+        with ``reset`` an RST (the kernel then throws away what the device had not read yet)."""
         with self._lock:
             self._budgets = list(budgets)
+            self._reset_cuts = reset
 
     def attempts_since(self, since: float) -> list[float]:
         with self._lock:
@@ -94,6 +99,8 @@ class Link:
                 self.attempts.append(time.monotonic())
                 refusing = self._refusing
                 budget = self._budgets.pop(0) if self._budgets and not refusing else None
+                index = len(self.downstream)
+                self.downstream.append(0)
             if refusing:
                 _reset(client)
                 continue
@@ -105,7 +112,7 @@ class Link:
             with self._lock:
                 self._connections += [client, upstream]
             threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
-            threading.Thread(target=self._pump_down, args=(upstream, client, budget),
+            threading.Thread(target=self._pump_down, args=(upstream, client, budget, index),
                              daemon=True).start()
 
     @staticmethod
@@ -116,27 +123,42 @@ class Link:
         with contextlib.suppress(OSError):
             dst.shutdown(socket.SHUT_RDWR)
 
-    def _pump_down(self, src: socket.socket, dst: socket.socket, budget: int | None) -> None:
-        """Service to device, counted, and cut with a reset once ``budget`` bytes went by."""
+    def _pump_down(self, src: socket.socket, dst: socket.socket, budget: int | None,
+                   index: int) -> None:
+        """Service to device, counted, and cut once ``budget`` bytes went by."""
         with contextlib.suppress(OSError):
             while data := src.recv(65536 if budget is None else min(65536, budget)):
                 dst.sendall(data)
                 with self._lock:
                     self.downstream_bytes += len(data)
+                    self.downstream[index] += len(data)
                 if budget is not None:
                     budget -= len(data)
                     if budget <= 0:
-                        with self._lock:
-                            self.cuts += 1
-                        _reset(dst)
-                        src.close()
+                        self._cut(src, dst)
                         return
         with contextlib.suppress(OSError):
             dst.shutdown(socket.SHUT_RDWR)
+
+
+    def _cut(self, upstream: socket.socket, client: socket.socket) -> None:
+        with self._lock:
+            self.cuts += 1
+            reset = self._reset_cuts
+        if reset:
+            _reset(client)
+        else:
+            with contextlib.suppress(OSError):
+                client.shutdown(socket.SHUT_RDWR)
+            client.close()
+        upstream.close()
 
 
 def _reset(sock: socket.socket) -> None:
     """Close with an RST, as a dropped route or a firewall's reject does, not a clean FIN."""
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        # Wakes the other pump blocked in recv() on this socket: until that call returns, the
+        # kernel keeps the socket open and close() alone sends nothing.
+        sock.shutdown(socket.SHUT_RD)
     sock.close()
