@@ -72,6 +72,9 @@ class SandboxApp:
             return _respond(start_response, status, body, "application/x-amz-json-1.1")
         if self.moto_app is None:
             return _respond(start_response, 404, b'{"message": "no such service here"}')
+        fault = self.state.faults.intercept(environ)
+        if fault is not None:
+            return _respond(start_response, fault[0], fault[2], fault[1])
         if self.sts_identity.claims(environ):
             return self._sts(environ, start_response, self.moto_app)
         return self.moto_app(environ, start_response)
@@ -100,7 +103,8 @@ class SandboxApp:
         operation = target.split(".", 1)[1]
         try:
             body = _read_body(environ)
-            self.state.faults.check_request("codedeploy-commands" if commands else "codedeploy")
+            self.state.faults.check_request("codedeploy-commands" if commands else "codedeploy",
+                                            operation)
             params = _parse_json(body)
             if commands:
                 result = self._command(environ, body, operation, params)
@@ -225,7 +229,7 @@ def _path_and_query(environ: dict[str, Any]) -> str:
 def _respond(start_response: StartResponse, status: int, body: bytes,
              content_type: str = "application/json") -> list[bytes]:
     reason = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
-              413: "Payload Too Large",
+              413: "Payload Too Large", 429: "Too Many Requests",
               500: "Internal Server Error", 503: "Service Unavailable"}.get(status, "Error")
     start_response(f"{status} {reason}", [("Content-Type", content_type),
                                           ("Content-Length", str(len(body)))])
