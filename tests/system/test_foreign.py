@@ -78,6 +78,29 @@ def test_runs_emulated(installed: tuple[str, Path]) -> None:
         r"Machine:\s*(.*)", elf).group(1)  # type: ignore[union-attr]
 
 
+# qemu's models of the cores in each Raspberry Pi, and whether the agent (Debian's python3) must
+# run there: arm64 on every 64-bit Pi's core; Debian's armhf (ARMv7) on a Pi 2's Cortex-A7 but
+# not on the ARM1176 of a Pi 1 / Zero / Zero W, where it dies with SIGILL (132 = 128 + 4).
+PI_CORES = {
+    "arm64": {"cortex-a53": 0, "cortex-a72": 0, "cortex-a76": 0},  # Pi 3 / Zero 2 W, 4, 5
+    "armhf": {"cortex-a7": 0, "arm1176": 132},  # Pi 2 v1.1; Pi 1, Zero, Zero W
+}
+
+
+def test_runs_on_each_pi_core(installed: tuple[str, Path]) -> None:
+    arch, root = installed
+    # QEMU_CPU reaches qemu through the environment binfmt_misc starts it with.
+    loop = "; ".join(f'QEMU_CPU={cpu} pifleet-agent --version; echo "{cpu} exit $?"'
+                     for cpu in PI_CORES[arch])
+    result = _timed(root, ["bash", "-c", loop], f"--version on {len(PI_CORES[arch])} cores",
+                    arch)
+    exits = dict(re.findall(r"^([\w-]+) exit (\d+)$", result.stdout, re.MULTILINE))
+    assert {cpu: int(code) for cpu, code in exits.items()} == PI_CORES[arch], \
+        result.stdout + result.stderr
+    if 132 in PI_CORES[arch].values():
+        assert "Illegal instruction" in result.stderr, result.stderr
+
+
 def test_version(installed: tuple[str, Path], deb: Path) -> None:
     arch, root = installed
     upstream = subprocess.run(["dpkg-deb", "-f", str(deb), "Version"], capture_output=True,
