@@ -25,6 +25,15 @@ Deliberate deviations from ``hook_executor.rb``:
 * A script still running when the agent dies (SIGKILL, crash, ``KillMode=process``) has its
   process group recorded (tracking.py), and the next agent start ends it; upstream leaves it
   running, possibly forever, next to the retried deployment's scripts.
+* When the agent runs as root as a systemd service (``pifleet-agent.service``), each script
+  runs in its own transient scope unit, ``pifleet-hook-<deployment>-<event>-<random>.scope``
+  (``systemd-run --scope``, which execs the script in place: same PID, process group, pipes,
+  environment and exit status). What a hook leaves running (the app an ApplicationStart hook
+  launched) is then not part of the agent's service: stopping, restarting or upgrading the
+  agent neither kills it nor makes systemd warn about left-over processes, and ``systemctl
+  status pifleet-hook-…`` shows and stops it. The price: the service's ``MemoryMax=`` no
+  longer covers hooks, and a script whose ``#!`` interpreter is missing fails with
+  systemd-run's message (exit code 1) instead of ours.
 """
 
 from __future__ import annotations
@@ -34,8 +43,11 @@ import errno
 import logging
 import os
 import pwd
+import re
+import secrets
 import selectors
 import shlex
+import shutil
 import signal
 import subprocess
 import time
@@ -52,7 +64,8 @@ from .diagnostics import LogTail
 from .errors import ErrorCode, ScriptError
 from .tracking import hook_group
 
-__all__ = ["HookRunOptions", "ScriptLog", "command_line", "run_event"]
+__all__ = ["HookRunOptions", "ScriptLog", "command_line", "run_event", "scope_command",
+           "scope_unit_name"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -70,6 +83,10 @@ _EXIT_HINTS = {
     126: ". Exit code 126 means a command was found but could not be run (permissions?)",
     127: ". Exit code 127 means a command was not found (check PATH and the #! line)",
 }
+# sd_booted(): systemd is PID 1 (and its manager answers systemd-run).
+_SYSTEMD_BOOTED = Path("/run/systemd/system")
+_SCOPE_PREFIX = "pifleet-hook"
+_UNIT_NAME_MAX = 200  # systemd allows 255: room for the random suffix and ".scope"
 _DAEMON_HINT = (". A process it started keeps the output open; redirect a daemon's output, "
                 "e.g. `cmd > /dev/null 2>&1 &`")
 
@@ -82,6 +99,9 @@ class HookRunOptions:
     """After the script exits, how long its stdout/stderr may stay open (code 6 after that)."""
     max_line_bytes: int = 16_384
     """Longer output lines are split, never held whole."""
+    own_scope: bool | None = None
+    """Run each script in its own systemd scope. None: when the agent runs as root under
+    systemd (``INVOCATION_ID`` set, systemd booted, ``systemd-run`` on the PATH)."""
 
     def __post_init__(self) -> None:
         if self.kill_grace_s < 0 or self.outputs_grace_s < 0:
@@ -196,11 +216,49 @@ def _run_script(script: HookScript, *, archive_dir: Path, environment: Mapping[s
                 cwd: Path | None) -> None:
     path = _executable_script(script, archive_dir)
     argv = _plan_command(script, path, os.geteuid())
+    systemd_run = _systemd_run(options)
+    if systemd_run is not None:
+        argv = scope_command(systemd_run, argv, environment)
     deadline = time.monotonic() + script.timeout_s
     process = _spawn(argv, script, path, environment, cwd)
     with hook_group(process.pid):  # so an agent restarted after we die can end the group
         returncode = _supervise(process, script, deadline, record, options)
     _check_exit(returncode, script)
+
+
+def _systemd_run(options: HookRunOptions) -> str | None:
+    """The systemd-run to wrap scripts with, or None to exec them directly."""
+    if options.own_scope is False:
+        return None
+    found = shutil.which("systemd-run")
+    if options.own_scope:
+        if found is None:
+            raise RuntimeError("own_scope is set but systemd-run is not on the PATH")
+        return found
+    # Only the system manager gives a root service scopes without asking polkit; INVOCATION_ID
+    # is what systemd sets for the processes of a unit it started.
+    under_systemd = bool(os.environ.get("INVOCATION_ID")) and _SYSTEMD_BOOTED.is_dir()
+    return found if under_systemd and os.geteuid() == 0 else None
+
+
+def scope_unit_name(environment: Mapping[str, str]) -> str:
+    """``pifleet-hook-<deployment>-<event>-<random>.scope``: unique (an app from an earlier run
+    of the same event may still hold its scope) and readable in ``systemctl list-units``."""
+    parts = [environment.get("DEPLOYMENT_ID", ""), environment.get("LIFECYCLE_EVENT", "")]
+    name = "-".join([_SCOPE_PREFIX, *(p for p in parts if p)])
+    name = re.sub(r"[^A-Za-z0-9_.:-]", "_", name)[:_UNIT_NAME_MAX]
+    return f"{name}-{secrets.token_hex(4)}.scope"
+
+
+def scope_command(systemd_run: str, argv: Sequence[str],
+                  environment: Mapping[str, str]) -> list[str]:
+    """``argv`` run by ``systemd-run --scope`` in a new scope unit, collected once it is empty;
+    ``--quiet`` keeps systemd-run's own messages out of the script's output."""
+    unit = scope_unit_name(environment)
+    event = environment.get("LIFECYCLE_EVENT", "hook")
+    deployment = environment.get("DEPLOYMENT_ID", "")
+    return [systemd_run, "--scope", "--quiet", "--collect", f"--unit={unit}",
+            f"--description=pifleet {event} hook {deployment}".rstrip(), "--", *argv]
 
 
 def _failure(code: ErrorCode, script: HookScript, message: str) -> ScriptError:

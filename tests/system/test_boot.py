@@ -7,6 +7,7 @@ Each test boots its own throw-away tree (overlay over the cached testbed; `make 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -133,11 +134,16 @@ def test_a_deployment_through_the_service_succeeds_and_no_secret_is_logged(
     events = world.events(deployment, pi.enrollment.name)
     assert [e for e in IN_PLACE if events[e]["status"] == "Succeeded"] == IN_PLACE
     proof = [line.split() for line in pi.file(PROOF).read_text().splitlines()]
-    # Run by the booted agent, inside the service's cgroup; no ApplicationStop the first time.
+    # Run by the booted agent, each script in its own scope; no ApplicationStop the first time.
     assert [p[0] for p in proof] == ["BeforeInstall", "AfterInstall", "ApplicationStart",
                                      "ValidateService"]
     assert {p[1] for p in proof} == {deployment}
-    assert all(p[2].endswith("/system.slice/pifleet-agent.service") for p in proof), proof
+    for event, _, cgroup in proof:
+        assert re.search(rf"/system\.slice/pifleet-hook-{deployment}-{event}-[0-9a-f]{{8}}"
+                         r"\.scope$", cgroup), proof
+    # Each scope was collected once its script ended (nothing was left running).
+    assert pi.system.run(["systemctl", "list-units", "--all", "--plain", "--no-legend",
+                          "pifleet-hook-*"]).stdout.strip() == ""
     assert pi.file("/opt/proof/version.txt").read_text() == "1"
     assert pi.show("StatusText") == "polling"
 
@@ -199,6 +205,14 @@ def test_stop_during_a_hook_waits_for_it_and_keeps_the_app_it_started(
     app = pi.file("/root/app.pid").read_text().strip()
     assert pi.system.run(["kill", "-0", app], check=False).returncode == 0, "the app was killed"
 
+    # The app lives in the hook's own scope, not in the agent's service: starting the agent
+    # again finds no left-over process, and the app survives that too.
+    scope = pi.system.run(["sed", "-n", "s/^0:://p", f"/proc/{app}/cgroup"]).stdout.strip()
+    assert re.search(rf"/pifleet-hook-{deployment}-ApplicationStart-[0-9a-f]{{8}}\.scope$",
+                     scope), scope
     pi.system.run(["systemctl", "start", UNIT])
     assert world.wait_deployment(deployment)["status"] == "Succeeded"
     assert pi.system.run(["kill", "-0", app], check=False).returncode == 0
+    assert pi.system.run(["systemctl", "is-active", scope.rsplit("/", 1)[1]]).stdout.strip() \
+        == "active"
+    assert "left-over process" not in pi.journal()
