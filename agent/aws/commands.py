@@ -48,6 +48,8 @@ _POLL = "PollHostCommand"
 _GET_SPEC = "GetDeploymentSpecification"
 _ACK = "PutHostCommandAcknowledgement"
 _COMPLETE = "PutHostCommandComplete"
+_COMMAND_FIELDS = ("HostCommandIdentifier", "HostIdentifier", "DeploymentExecutionId",
+                   "CommandName")
 
 
 class AwsError(Exception):
@@ -140,7 +142,18 @@ class CommandClient:
         """The next ``HostCommand`` for this host, or None when there is no work."""
         reply = self._call(_POLL, {"HostIdentifier": host_identifier})
         command = reply.get("HostCommand")
-        return command if isinstance(command, dict) and command else None
+        if not isinstance(command, dict) or not command:
+            return None
+        # The poller and its workers read these as text; a reply without them cannot be run,
+        # acknowledged or completed, so it is an error of the reply (backed off like others).
+        missing = [name for name in _COMMAND_FIELDS
+                   if not isinstance(command.get(name), str) or not command[name]]
+        if missing:
+            raise AwsError("InvalidResponse",
+                           f"the service's {_POLL} reply has a HostCommand without "
+                           f"{' or '.join(missing)} as text; it was not run",
+                           status=200, request_id=None)
+        return command
 
     def get_deployment_specification(
         self, execution_id: str, host_identifier: str

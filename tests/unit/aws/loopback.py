@@ -125,13 +125,16 @@ class _Handler(BaseHTTPRequestHandler):
         with origin.lock:
             origin.requests.append(Seen(self.command, self.path, dict(self.headers.items()),
                                         body, peer or None))
-        self.send_response(origin.status)
-        self.send_header("Content-Length", str(len(origin.body)))
+            # Read once: with an empty body the client is done after the headers, and a test
+            # may set the next answer before this thread writes the body.
+            status, answer = origin.status, origin.body
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(answer)))
         self.send_header("X-Multi", "a")
         self.send_header("X-Multi", "b")
         self.end_headers()
         if self.command != "HEAD":
-            self.wfile.write(origin.body)
+            self.wfile.write(answer)
         if origin.close_after_response:
             self.close_connection = True
 

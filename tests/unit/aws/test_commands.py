@@ -336,6 +336,28 @@ def test_a_non_object_reply_is_an_error(recorder: tuple[Origin, Running],
         client.poll_host_command("arn:aws:iam::123456789012:user/pi")
 
 
+@pytest.mark.parametrize(("command", "missing"), [
+    ({"HostIdentifier": "h", "CommandName": "Install", "DeploymentExecutionId": "e"},
+     "HostCommandIdentifier"),
+    ({"HostCommandIdentifier": "c", "HostIdentifier": "h", "CommandName": "Install",
+      "DeploymentExecutionId": ["e"]}, "DeploymentExecutionId"),
+    ({"HostCommandIdentifier": "c", "DeploymentExecutionId": "e"},
+     "HostIdentifier or CommandName"),
+])
+def test_a_host_command_without_its_fields_is_an_error(recorder: tuple[Origin, Running],
+                                                       http: HttpClient, command: dict[str, Any],
+                                                       missing: str) -> None:
+    # Found by tests/security/test_fuzz.py: the poller's worker died on a KeyError, silently,
+    # and the command was never completed.
+    origin, server = recorder
+    origin.body = json.dumps({"HostCommand": command}).encode()
+    client = command_client(f"http://127.0.0.1:{server.port}", "us-east-1",
+                            Credentials("AKIA", "secret"), http)
+    with pytest.raises(AwsError, match=f"InvalidResponse: .*HostCommand without {missing} as "
+                                       "text; it was not run"):
+        client.poll_host_command("arn:aws:iam::123456789012:user/pi")
+
+
 # -- endpoints and the import budget -----------------------------------------------------------
 
 
