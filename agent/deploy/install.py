@@ -129,6 +129,13 @@ class Installer:
         return os.path.join(self._root, path.lstrip("/")) if str(self._root) != "/" else path
 
     def _execute(self, steps: Sequence[Step]) -> None:
+        for step in steps:
+            path = _created_path(step)
+            if path is not None and "\n" in path:
+                # The clean-up file is one path per line: the next Install would delete the
+                # path after the line break, wherever it is.
+                raise InstallError(f"cannot install {path!r}: the path holds a line break; "
+                                   "fix the AppSpec's files destination (or the file's name)")
         self._cleanup_file.parent.mkdir(parents=True, exist_ok=True)
         with open(self._cleanup_file, "a", encoding="utf-8", errors="surrogateescape") as log:
             # Everything this install will create, listed and made durable before the first

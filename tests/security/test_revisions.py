@@ -109,6 +109,22 @@ def test_a_filename_with_a_line_break_is_refused(pi: Pi, kind: str) -> None:
     assert (pi.outside / "victim").read_text() == "keep me"
 
 
+def test_an_appspec_destination_with_a_line_break_is_refused(pi: Pi) -> None:
+    # Found by this suite: the same clean-up injection through the AppSpec instead of a name.
+    victim = pi.outside / "victim"
+    appspec = ("version: 0.0\nos: linux\nfiles:\n  - source: app/x\n"
+               f"    destination: \"/opt/a\\n{pi.outside}\"\n").encode()
+    bundle = make_tar(pi.tmp / "bundles" / "dest.tar", [file("appspec.yml", appspec),
+                                                       file("app/x/victim", b"2")])
+    done = deploy_local(bundle, "tar", pi.root)
+    assert done.returncode == 1
+    assert "Install              FAILED" in done.stdout, done.stdout
+    assert "the path holds a line break; fix the AppSpec's files destination" in done.stdout
+    good = make_tar(pi.tmp / "bundles" / "v3.tgz", revision("3"), "gz")
+    assert deploy_local(good, "tgz", pi.root).returncode == 0
+    assert victim.read_text() == "keep me"
+
+
 @pytest.mark.parametrize("kind", ["tar", "tgz"])  # zip names without the UTF-8 flag are CP437
 def test_a_filename_that_is_not_utf8_is_kept_byte_exact_and_cleaned_up(pi: Pi, kind: str) -> None:
     """Not refused, as GNU tar and unzip accept it: written with the same bytes, listed in the
