@@ -128,6 +128,23 @@ def _measured_peers(entries: dict[str, dict[str, Any]]) -> list[str]:
         r = deploy["runs"][0]["result"]
         rows.append(f"| pifleet-agent deploy-local of a 53 MB revision, peak RSS | "
                     f"{r['peak_rss_mb']:.1f} MB | `bench/bench_deploy.py` |")
+    peer = entries.get("bench_peer_codedeploy")
+    if peer and peer["runs"] and peer["runs"][0]["status"] == "ok":
+        r = peer["runs"][0]["result"]
+        per_hour = 3600 / r["idle_seconds"]
+        for who, label in (("ours", f"pifleet-agent (Python {r['python']})"),
+                           ("theirs", f"official CodeDeploy agent {r['theirs_version']} "
+                                      f"(Ruby {r['ruby']}, {r['theirs_processes']} processes)")):
+            rows.append(f"| {label}, idle RSS / CPU / traffic, same sandbox and run | "
+                        f"{r[who + '_rss_mb']:.1f} MB / {r[who + '_cpu_s'] * per_hour:.0f} CPU s"
+                        f" per hour / {r[who + '_bytes'] * per_hour / 1e6:.2f} MB per hour | "
+                        f"`bench/bench_peer_codedeploy.py` |")
+    mender = entries.get("bench_peer_mender")
+    if mender and mender["runs"] and mender["runs"][0]["status"] == "ok":
+        r = mender["runs"][0]["result"]
+        rows.append(f"| Mender client {r['version']} daemon, idle RSS (no server reachable) / "
+                    f"installed size | {r['rss_mb']:.1f} MB / {r['installed_kib'] / 1024:.1f} MB"
+                    f" | `bench/bench_peer_mender.py` |")
     soak = entries.get("soak")
     if soak:
         rows.append(f"| pifleet-agent soak: RSS max / slope per 100 deployments | "
@@ -136,6 +153,30 @@ def _measured_peers(entries: dict[str, dict[str, Any]]) -> list[str]:
     if not rows:
         return []
     return ["### Measured here", "", "| | Figure | Source |", "|---|---|---|", *rows, ""]
+
+
+def render_soak(soak: dict[str, Any] | None, notes: Path = NOTES) -> list[str]:
+    lines = ["## Soak (issue 9)", ""]
+    if soak:
+        lines += [
+            f"Command: `{soak['command']}` (measured {soak['measured_at']} at "
+            f"{soak['commit']}; samples in {Path(soak['csv']).name}, not committed).", "",
+            "| Figure | Result |", "|---|---|",
+            f"| deployments (failed) | {soak['deployments']:,} ({soak['failed']}) in "
+            f"{soak['hours']:.2f} h |",
+            f"| agent RSS first / last / max | {soak['rss_first_mb']:.1f} / "
+            f"{soak['rss_last_mb']:.1f} / {soak['rss_max_mb']:.1f} MB |",
+            f"| RSS slope after {soak['warmup']} warm-up deployments | "
+            f"{soak['rss_kib_per_hour']:+.0f} KiB per hour, {soak['rss_kib_per_100']:+.0f} KiB "
+            f"per 100 deployments |",
+            f"| open fds / threads (min-max) | {soak['fds_min']}-{soak['fds_max']} / "
+            f"{soak['threads_min']}-{soak['threads_max']} |",
+            f"| deployment root, largest | {soak['root_kib_max']:,} KiB |", ""]
+    else:
+        lines += ["Not recorded yet: `python -m bench.soak --hours N --record` "
+                  "stores its summary here.", ""]
+    text = note("soak", notes)
+    return [*lines, text, ""] if text else lines
 
 
 def render(results: dict[str, Any], notes: Path = NOTES) -> str:
@@ -159,6 +200,7 @@ def render(results: dict[str, Any], notes: Path = NOTES) -> str:
     lines += summary(entries)
     for entry in entries:
         lines += render_entry(entry, notes)
+    lines += render_soak(results.get("soak"), notes)
     lines += ["## Peers", ""]
     lines += _measured_peers(by_name)
     peers = note("peers", notes)
