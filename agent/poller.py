@@ -23,6 +23,7 @@ from .deploy.diagnostics import Diagnostics
 from .deploy.errors import DeployError
 from .deploy.executor import CommandExecutor
 from .deploy.specification import TrustPolicy, read_deployment_specification
+from .deploy.tracking import InFlight
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,8 @@ class Poller:
         self._on_change = on_change or (lambda _: None)
         # Set when a command finishes (its next event is usually waiting) or on shutdown.
         self._wake = threading.Event()
+        # The command a previous run died in, while the service has not acknowledged it failed.
+        self._unreported: tuple[InFlight, Diagnostics] | None = None
 
     def wake(self) -> None:
         """Poll now instead of after the interval (or the back-off)."""
@@ -116,9 +119,26 @@ class Poller:
         in_flight, diagnostics = found
         log.warning("deployment %s was interrupted by an agent restart; reporting its command "
                     "failed", in_flight.deployment_id)
+        # Until the service has heard it, the tracking file stays: otherwise an unreachable
+        # endpoint at start-up (a Pi booting after a power cut, Wi-Fi not up yet) would lose the
+        # report, and the deployment would hang until the service's timeout (up to an hour).
+        self._executor.tracker.keep(in_flight)
+        self._unreported = (in_flight, diagnostics)
+        try:
+            self._report_interrupted()
+        except Exception as exc:  # noqa: BLE001  (retried before every poll, with back-off)
+            log.warning("cannot report the interrupted command of %s yet, will retry: %s",
+                        in_flight.deployment_id, exc)
+        return in_flight.deployment_id
+
+    def _report_interrupted(self) -> None:
+        if self._unreported is None:
+            return
+        in_flight, diagnostics = self._unreported
         self._service.put_host_command_complete(
             in_flight.host_command_identifier, "Failed", _json_envelope(diagnostics.payload()))
-        return in_flight.deployment_id
+        self._executor.tracker.end(in_flight.deployment_id)
+        self._unreported = None
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -153,6 +173,7 @@ class Poller:
 
     def poll_once(self) -> bool:
         """One PollHostCommand; a command is handed to a worker. True when one came."""
+        self._report_interrupted()  # before any new command: its deployment is waiting on it
         host = self._host_identifier()
         command = self._service.poll_host_command(host)
         self.activity.last_poll = time.time()

@@ -56,6 +56,7 @@ _running_command: ContextVar[Path | None] = ContextVar("pifleet_running_command"
 class InFlight:
     deployment_id: str
     host_command_identifier: str
+    started: float = 0.0  # the tracking file's mtime: when the interrupted command began
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,14 @@ class CommandTracker:
         write_atomic(self._directory / deployment_id, host_command_identifier)
         _running_command.set(self._hooks / deployment_id)
 
+    def keep(self, in_flight: InFlight) -> None:
+        """Put back the tracking file of an interrupted command that could not be reported
+        yet (with its time, so it still goes stale 24 hours after the command began)."""
+        path = self._directory / in_flight.deployment_id
+        write_atomic(path, in_flight.host_command_identifier)
+        if in_flight.started:
+            os.utime(path, (in_flight.started, in_flight.started))
+
     def end(self, deployment_id: str) -> None:
         _running_command.set(None)
         with contextlib.suppress(FileNotFoundError):
@@ -121,9 +130,9 @@ class CommandTracker:
                     candidates.append((mtime, path))
         found: InFlight | None = None
         if candidates:
-            _, newest = max(candidates)
+            started, newest = max(candidates)
             with contextlib.suppress(OSError):
-                found = InFlight(newest.name, newest.read_text().strip())
+                found = InFlight(newest.name, newest.read_text().strip(), started)
         for path in self._directory.iterdir():
             if not path.name.startswith("."):
                 self._remove_partial_unpacks(path.name)
@@ -190,8 +199,8 @@ def _signal_group(pgid: int, signum: signal.Signals) -> None:
 
 def _group_alive(pgid: int) -> bool:
     """Whether any process of the group runs (zombies waiting for init do not count)."""
-    with contextlib.suppress(OSError):
-        for entry in os.scandir("/proc"):
+    with contextlib.suppress(OSError), os.scandir("/proc") as entries:
+        for entry in entries:
             if entry.name.isdigit():
                 fields = _stat_fields(int(entry.name))
                 if fields is not None and fields[0] not in ("Z", "X") and int(fields[2]) == pgid:

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from agent.aws.http import HttpError
 from agent.deploy.errors import DeployError
 from agent.deploy.executor import CommandExecutor, EngineConfig
 from agent.deploy.layout import DeploymentRoot
@@ -48,6 +49,7 @@ class Service:
         self.calls: list[tuple[str, Any]] = []
         self.ack_answer: str | None = "InProgress"
         self.system = "CodeDeploy"
+        self.unreachable = False  # completions fail as with the network down
         self.lock = threading.Lock()
         self.completed = threading.Condition(self.lock)
 
@@ -82,6 +84,8 @@ class Service:
     def put_host_command_complete(self, command_id: str, status: str,
                                   diagnostics: dict[str, str] | None) -> None:
         with self.lock:
+            if self.unreachable:
+                raise HttpError("cannot connect to https://codedeploy-commands (test)")
             self.calls.append(("complete", (command_id, status,
                                             json.loads((diagnostics or {})["Payload"]))))
             self.completed.notify_all()
@@ -206,6 +210,27 @@ def test_an_interrupted_command_is_reported_with_code_7(
     (command_id, status, payload), = service.completions()
     assert (command_id, status, payload["error_code"]) == ("hc-interrupted", "Failed", 7)
     assert poller.recover() is None
+
+
+def test_an_interrupted_command_unreported_at_start_is_reported_by_the_loop(
+        parts: tuple[Service, Poller, CommandExecutor]) -> None:
+    """No network at start-up (a Pi booting after a power cut): no crash, the tracking file
+    stays (another restart still knows), and the first poll that gets through reports it."""
+    service, poller, executor = parts
+    executor.tracker.begin("d-9", "hc-interrupted")
+    service.unreachable = True
+    assert poller.recover() == "d-9"
+    assert executor.tracker.in_flight() == ["d-9"]
+    with pytest.raises(HttpError):
+        poller.poll_once()  # the loop backs off on this
+    assert service.completions() == []
+    service.unreachable = False
+    assert not poller.poll_once()
+    (command_id, status, payload), = service.completions()
+    assert (command_id, status, payload["error_code"]) == ("hc-interrupted", "Failed", 7)
+    assert executor.tracker.in_flight() == []
+    assert not poller.poll_once()
+    assert len(service.completions()) == 1
 
 
 def test_one_group_at_a_time_but_groups_in_parallel(tmp_path: Path) -> None:
