@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.support.link import Link
 from tests.support.waiting import wait_for
 
 from .conftest import IN_PLACE, Device, World, alive, group_members, revision_zip, set_aws_endpoint
@@ -145,3 +146,37 @@ def _check_root_after_restart(device: Device, event: str, first: str, second: st
         assert installed(device) == {"version.txt": "2", "only-v2.txt": "2"}
     logs = deployment_root(device) / "deployment-logs" / "codedeploy-agent-deployments.log"
     assert logs.exists()
+
+
+def test_restart_without_network_reports_the_interrupted_event_once_it_is_back(
+        world: World, traps: Traps) -> None:
+    """A Pi that lost power mid-hook boots before its Wi-Fi: the agent must not crash or lose
+    the code-7 report; it ends the orphaned hook at once and reports when the link is back."""
+    device = world.device("pi-1")
+    link = Link(int(world.sandbox.endpoint.url.rsplit(":", 1)[1]))
+    try:
+        set_aws_endpoint(device, "commands_endpoint", f"http://127.0.0.1:{link.port}")
+        device.start()
+        hooks = traps.hooks()
+        deploy_ok(world, device, "proof/v1.zip", revision_zip(hooks, {"version.txt": "1"}))
+        traps.arm("ApplicationStart")
+        second = world.deploy(world.push("proof/v2.zip",
+                                         revision_zip(hooks, {"version.txt": "2"})))
+        hook, _ = traps.wait_fired("ApplicationStart")
+        kill(device)
+        link.down()
+        device.start()
+        wait_for(lambda: "cannot report the interrupted command" in device.output(), 60,
+                 "the agent to find the control plane unreachable")
+        wait_for(lambda: not group_members(hook), 60, "the orphaned hook to be ended")
+        assert device.process is not None and device.process.poll() is None
+        assert world.events(second, "pi-1")["ApplicationStart"]["status"] == "InProgress"
+        link.up()
+        assert world.wait_deployment(second, timeout_s=120)["status"] == "Failed"
+        failed = world.events(second, "pi-1")["ApplicationStart"]
+        assert failed["diagnostics"]["message"] == RESTART_MESSAGE
+        assert_nothing_in_flight(device)
+        deploy_ok(world, device, "proof/v3.zip", revision_zip(hooks, {"version.txt": "3"}))
+        assert "Traceback" not in device.output()
+    finally:
+        link.down()
