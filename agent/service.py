@@ -21,7 +21,7 @@ from . import __version__
 from .aws.commands import CommandClient, default_endpoint
 from .aws.credentials import Credentials
 from .aws.http import HttpClient
-from .aws.s3 import download
+from .aws.s3 import DownloadError, download
 from .aws.sts import get_caller_identity
 from .clock import clock_synchronized
 from .config import Config, check_secret_file, load_config, secret_files
@@ -76,9 +76,12 @@ def build(config: Config, *, on_change: Callable[[Activity], None]) -> Wiring:
         if revision.source is not RevisionSource.S3 or not revision.bucket or not revision.key:
             raise BundleError(f"{revision.source} revisions are not supported by pifleet-agent; "
                               "push the revision to S3 (fleetctl push)")
-        download(http=http, credentials=credentials, region=region, bucket=revision.bucket,
-                 key=revision.key, version=revision.version, etag=revision.etag,
-                 destination=destination, endpoint_url=config.aws.s3_endpoint or None)
+        try:
+            download(http=http, credentials=credentials, region=region, bucket=revision.bucket,
+                     key=revision.key, version=revision.version, etag=revision.etag,
+                     destination=destination, endpoint_url=config.aws.s3_endpoint or None)
+        except DownloadError as exc:  # its message says what to check: no traceback needed
+            raise BundleError(str(exc)) from None
 
     deploy = config.deploy
     engine = EngineConfig(

@@ -7,6 +7,7 @@ boto3 is imported on first use, so ``fleetctl --help`` and ``fleetctl validate``
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -15,6 +16,10 @@ from typing import Any
 
 from .errors import FleetError, NotFound
 
+DEFAULT_RETRIES = 8  # after the first attempt
+_THROTTLING = frozenset({"ThrottlingException", "Throttling", "RequestLimitExceeded", "SlowDown",
+                         "TooManyRequestsException", "ThrottledException", "RequestThrottled",
+                         "RequestThrottledException"})
 _NOT_FOUND = re.compile(r"NotFound|NoSuch|DoesNotExist|NotRegistered|ResourceNotFound")
 
 
@@ -64,9 +69,27 @@ class Aws:
 
             self._clients[service] = self.session.client(
                 service, region_name=self.region, endpoint_url=self.options.endpoint_url,
-                config=Config(retries={"mode": "adaptive", "max_attempts": 8},
-                              user_agent_extra="pifleet-fleetctl"))
+                config=Config(retries=self.retries(), user_agent_extra="pifleet-fleetctl"))
         return self._clients[service]
+
+    def retries(self) -> dict[str, Any]:
+        """Adaptive retries, up to 8 after the first attempt, unless the AWS CLI's settings say
+        otherwise (``AWS_RETRY_MODE``/``AWS_MAX_ATTEMPTS`` or the profile's ``retry_mode``/
+        ``max_attempts``, attempts in all): a client config given explicitly would silently
+        override them."""
+        with aws_errors("reading the AWS configuration"):
+            scoped = self.session._session.get_scoped_config()
+        mode = os.environ.get("AWS_RETRY_MODE") or scoped.get("retry_mode") or "adaptive"
+        if mode not in ("legacy", "standard", "adaptive"):
+            raise FleetError(f"retry mode {mode!r} (AWS_RETRY_MODE or the profile's retry_mode) "
+                             "is not one of legacy, standard, adaptive")
+        attempts = os.environ.get("AWS_MAX_ATTEMPTS") or scoped.get("max_attempts")
+        if attempts is None:
+            return {"mode": mode, "max_attempts": DEFAULT_RETRIES}
+        if not str(attempts).isdigit() or int(attempts) < 1:
+            raise FleetError(f"max attempts {attempts!r} (AWS_MAX_ATTEMPTS or the profile's "
+                             "max_attempts) must be a whole number >= 1")
+        return {"mode": mode, "total_max_attempts": int(attempts)}
 
     @property
     def account_id(self) -> str:
@@ -119,8 +142,15 @@ def explain(exc: Any, doing: str) -> FleetError:
         where = f" on {resource.group(1)}" if resource else ""
         return FleetError(f"{doing}: not allowed to {what}{where}; grant it to the identity "
                           f"fleetctl uses (AWS said: {message})")
-    if code in ("ThrottlingException", "Throttling", "RequestLimitExceeded", "SlowDown"):
-        return FleetError(f"{doing}: AWS is throttling {operation} even after retries; wait a "
-                          "minute and run the command again")
+    meta = exc.response.get("ResponseMetadata", {})
+    tries = f"{meta.get('RetryAttempts', 0) + 1} attempts"
+    if code in _THROTTLING:
+        return FleetError(f"{doing}: AWS is throttling {operation} even after retries "
+                          f"({tries}); wait a minute and run the command again")
+    status = int(meta.get("HTTPStatusCode") or 0)
+    if status >= 500:
+        return FleetError(f"{doing}: AWS failed {operation} with {code or 'an error'} (HTTP "
+                          f"{status}) even after retries ({tries}); try again in a few "
+                          "minutes")
     cls = NotFound if _NOT_FOUND.search(code) else FleetError
     return cls(f"{doing}: {code}: {message}")

@@ -3,13 +3,22 @@
 
 from __future__ import annotations
 
+import logging
+import random
+import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 
+from .commands import THROTTLING_CODES
 from .credentials import CredentialSource
-from .http import HttpClient
+from .http import HttpClient, HttpError
 from .sigv4 import sign
 
 BODY = b"Action=GetCallerIdentity&Version=2011-06-15"
+MAX_ATTEMPTS = 3
+BACKOFF_BASE_S = 0.1
+
+log = logging.getLogger(__name__)
 
 
 class StsError(Exception):
@@ -22,17 +31,46 @@ def default_endpoint(region: str) -> str:
 
 
 def get_caller_identity(http: HttpClient, credentials: CredentialSource, region: str,
-                        endpoint: str | None = None) -> str:
-    """The caller's ARN (``arn:aws:sts::<account>:assumed-role/<role>/<session>`` for a role)."""
+                        endpoint: str | None = None, *, max_attempts: int = MAX_ATTEMPTS,
+                        sleep: Callable[[float], None] = time.sleep) -> str:
+    """The caller's ARN (``arn:aws:sts::<account>:assumed-role/<role>/<session>`` for a role).
+
+    Throttling, 5xx and network errors are retried (jittered exponential back-off, like the
+    command client): at start-up a throttled STS must not stop the daemon.
+    """
     url = (endpoint or default_endpoint(region)).rstrip("/") + "/"
+    attempt = 1
+    while True:
+        try:
+            return _attempt(http, credentials, region, url)
+        except _Retryable as exc:
+            if attempt >= max_attempts:
+                raise StsError(f"{exc} (after {attempt} attempts)") from None
+            delay = random.uniform(0, BACKOFF_BASE_S * 2 ** (attempt - 1))  # noqa: S311
+            log.debug("%s; attempt %d of %d in %.2f s", exc, attempt + 1, max_attempts, delay)
+            sleep(delay)
+            attempt += 1
+
+
+class _Retryable(StsError):
+    """A failure another attempt may not have."""
+
+
+def _attempt(http: HttpClient, credentials: CredentialSource, region: str, url: str) -> str:
     headers = sign("POST", url, {"Content-Type": "application/x-www-form-urlencoded; "
                                                  "charset=utf-8"}, BODY,
                    credentials=credentials(), region=region, service="sts")
-    response = http.request("POST", url, headers=headers, body=BODY)
+    try:
+        response = http.request("POST", url, headers=headers, body=BODY)
+    except HttpError as exc:
+        raise _Retryable(f"sts:GetCallerIdentity failed: {exc}") from None
     root = _parse(response.body)
     if response.status != 200:
         code = _text(root, "Code") or str(response.status)
-        raise StsError(f"sts:GetCallerIdentity failed: {code}: {_text(root, 'Message') or ''}")
+        text = f"sts:GetCallerIdentity failed: {code}: {_text(root, 'Message') or ''}"
+        if response.status >= 500 or response.status == 429 or code in THROTTLING_CODES:
+            raise _Retryable(text)
+        raise StsError(text)
     arn = _text(root, "Arn")
     if not arn:
         raise StsError("sts:GetCallerIdentity answered without an Arn")
