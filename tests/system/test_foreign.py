@@ -2,7 +2,7 @@
 architectures and run there under qemu-user-static (`pifleet-agent --version`, `validate` and two
 `deploy-local`s of examples/aqi-app with every hook), and the facts the supported-boards statement
 in packaging/README.md rests on (no native code in the .deb, `make deb ARCH=` gives one file,
-Debian's armhf is ARMv7).
+Debian's armhf is ARMv7, the agent on qemu's model of each Raspberry Pi core).
 
 Each architecture's tree is installed once (module scope) and shared by its tests; about 30 s
 per architecture on a 2-core machine.
@@ -39,9 +39,9 @@ EXTRA_BUDGET_KIB = 15 * 1024
 
 
 def _timed(root: Path, argv: list[str], what: str, arch: str,
-           **kwargs: object) -> subprocess.CompletedProcess[str]:
+           check: bool = True) -> subprocess.CompletedProcess[str]:
     started = time.monotonic()
-    result = testbed.run_in(root, argv, **kwargs)  # type: ignore[arg-type]
+    result = testbed.run_in(root, argv, check=check)
     # Shown with `pytest -rP`: how slow emulation is, per step.
     print(f"{arch}: {what}: {time.monotonic() - started:.1f} s")
     return result
