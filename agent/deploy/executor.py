@@ -34,6 +34,11 @@ HOOK_COMMANDS = tuple(str(e) for e in LifecycleEvent)
 # The agent's own credentials must not reach revision scripts (they run revision code).
 _SECRET_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
                      "AWS_SECURITY_TOKEN")
+# What systemd gives the agent's own process: a hook inheriting NOTIFY_SOCKET/WATCHDOG_* could
+# speak for the service, and JOURNAL_STREAM would claim a stderr that is really our pipe.
+_SERVICE_MANAGER_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "INVOCATION_ID",
+                              "JOURNAL_STREAM", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES",
+                              "MANAGERPID")
 # Fetches an S3 or GitHub revision to the given path; the command plane provides one.
 Fetcher = Callable[[Revision, Path], None]
 
@@ -179,7 +184,7 @@ class CommandExecutor:
 
     def hook_environment(self, event: str, spec: DeploymentSpec) -> dict[str, str]:
         base = dict(os.environ if self.config.environment is None else self.config.environment)
-        for name in _SECRET_VARIABLES:
+        for name in (*_SECRET_VARIABLES, *_SERVICE_MANAGER_VARIABLES):
             base.pop(name, None)
         for name in ("BUNDLE_BUCKET", "BUNDLE_KEY", "BUNDLE_VERSION", "BUNDLE_ETAG",
                      "BUNDLE_COMMIT"):

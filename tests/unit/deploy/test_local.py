@@ -241,11 +241,14 @@ def test_unsupported_command_is_a_noop_failure(tmp_path: Path) -> None:
 def test_agent_credentials_do_not_reach_hooks(tmp_path: Path) -> None:
     config = EngineConfig(root=engine_config(tmp_path).root,
                           environment={"AWS_SECRET_ACCESS_KEY": "s3cr3t", "PATH": "/bin",
-                                       "BUNDLE_KEY": "stale"})
+                                       "BUNDLE_KEY": "stale", "NOTIFY_SOCKET": "/run/notify",
+                                       "WATCHDOG_USEC": "300000000", "INVOCATION_ID": "ab12"})
     spec = DeploymentSpec("d-1", "a", "g", "gid", Revision(
         RevisionSource.S3, BundleType.ZIP, bucket="b", key="k.zip", etag="e"))
     env = CommandExecutor(config).hook_environment("AfterInstall", spec)
     assert "AWS_SECRET_ACCESS_KEY" not in env
+    # Nor the service manager's handles: a hook must not be able to notify for the agent.
+    assert not {"NOTIFY_SOCKET", "WATCHDOG_USEC", "INVOCATION_ID"} & env.keys()
     assert env["BUNDLE_KEY"] == "k.zip" and "BUNDLE_VERSION" not in env
     assert env["LIFECYCLE_EVENT"] == "AfterInstall" and env["PATH"] == "/bin"
 
