@@ -64,12 +64,13 @@ def debian_mirror(release: str = RELEASE) -> str:
                        "set PIFLEET_DEBIAN_MIRROR to a Debian archive URI")
 
 
-def base_tree(arch: str = HOST_ARCH) -> Path:
+def base_tree(arch: str = HOST_ARCH, release: str = RELEASE) -> Path:
     """The cached tree for ``arch``; fails with the command that builds it."""
-    tree = CACHE / f"{RELEASE}-{arch}"
+    tree = CACHE / f"{release}-{arch}"
     if not _stamp_matches(tree):
-        raise TestbedError(f"no {RELEASE} {arch} test system in {CACHE}: run `make testbed` "
-                           f"(python -m tests.support.testbed build {arch})")
+        option = "" if release == RELEASE else f"--release {release} "
+        raise TestbedError(f"no {release} {arch} test system in {CACHE}: run `make testbed` "
+                           f"(python -m tests.support.testbed build {option}{arch})")
     return tree
 
 
@@ -77,14 +78,16 @@ def _stamp(tree: Path) -> Path:
     return tree.parent / f"{tree.name}.stamp"
 
 
-def _packages(arch: str) -> tuple[str, ...]:
-    return PACKAGES if arch == HOST_ARCH else FOREIGN_PACKAGES
+def _packages(arch: str, release: str = RELEASE) -> tuple[str, ...]:
+    # Other releases (an unsupported one, to show the package refuses it) are never booted.
+    return PACKAGES if arch == HOST_ARCH and release == RELEASE else FOREIGN_PACKAGES
 
 
 def _stamp_matches(tree: Path) -> bool:
     stamp = _stamp(tree)
-    arch = tree.name.rsplit("-", 1)[-1]
-    return tree.is_dir() and stamp.is_file() and stamp.read_text() == " ".join(_packages(arch))
+    release, arch = tree.name.rsplit("-", 1)
+    return tree.is_dir() and stamp.is_file() and \
+        stamp.read_text() == " ".join(_packages(arch, release))
 
 
 def enable_foreign(arch: str) -> None:
@@ -100,9 +103,10 @@ def enable_foreign(arch: str) -> None:
         raise TestbedError(f"binfmt_misc entry {QEMU[arch]} is disabled")
 
 
-def build(arch: str) -> Path:
-    """Builds (or keeps) the cached tree for ``arch``; atomic: a failed build leaves nothing."""
-    tree = CACHE / f"{RELEASE}-{arch}"
+def build(arch: str, release: str = RELEASE) -> Path:
+    """Builds (or keeps) the cached tree for ``arch``; atomic: a failed build leaves nothing.
+    Another ``release`` comes from the same archive as this machine's bookworm."""
+    tree = CACHE / f"{release}-{arch}"
     if _stamp_matches(tree):
         return tree
     enable_foreign(arch)
@@ -111,7 +115,7 @@ def build(arch: str) -> Path:
     try:
         result = subprocess.run(
             ["debootstrap", f"--arch={arch}", "--variant=minbase",
-             f"--include={','.join(_packages(arch))}", RELEASE, str(work / "root"),
+             f"--include={','.join(_packages(arch, release))}", release, str(work / "root"),
              debian_mirror()], capture_output=True, text=True, check=False)
         if result.returncode != 0:
             log = work / "root" / "debootstrap" / "debootstrap.log"
@@ -128,7 +132,7 @@ def build(arch: str) -> Path:
         if tree.exists():
             shutil.rmtree(tree)
         root.rename(tree)
-        _stamp(tree).write_text(" ".join(_packages(arch)))
+        _stamp(tree).write_text(" ".join(_packages(arch, release)))
         return tree
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -253,11 +257,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     build_cmd = sub.add_parser("build", help="build the cached Debian trees (needs the archive)")
     build_cmd.add_argument("arches", nargs="+", choices=["amd64", "arm64", "armhf"])
+    build_cmd.add_argument("--release", default=RELEASE,
+                           help=f"Debian release (default {RELEASE}; bullseye: the package's "
+                                "unsupported-release test)")
     args = parser.parse_args(argv)
     for arch in args.arches:
         started = time.monotonic()
         try:
-            tree = build(arch)
+            tree = build(arch, args.release)
         except (TestbedError, subprocess.CalledProcessError) as error:
             print(f"testbed: {error}", file=sys.stderr)
             return 1
