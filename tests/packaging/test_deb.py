@@ -70,6 +70,33 @@ def test_control_fields(deb: Path) -> None:
         assert dep in depends
     assert "paho" not in depends  # bundled: Debian 12's python3-paho-mqtt is 1.6
     assert "Recommends: python3-gpiozero" in info
+
+
+# Every program the agent runs, and the Debian package that provides it with the relation it
+# needs: a deployment cannot verify its specification without openssl (Depends); AppSpec ACLs
+# and SELinux contexts are optional features (Recommends/Suggests). Essential packages and
+# systemd (the unit needs it) are not declared.
+AGENT_COMMANDS = {
+    "openssl": ("openssl", "Depends"),
+    "setfacl": ("acl", "Recommends"),
+    "semanage": ("policycoreutils-python-utils", "Suggests"),
+    "restorecon": ("policycoreutils-python-utils", "Suggests"),  # pulls in policycoreutils
+    "systemd-run": ("systemd", None), "timedatectl": ("systemd", None),
+    "su": ("util-linux", None), "chown": ("coreutils", None), "sudo": ("sudo", None),
+}
+
+
+def test_every_program_the_agent_runs_is_declared(deb: Path) -> None:
+    sources = "\n".join(path.read_text(encoding="utf-8")
+                         for path in (ROOT / "agent").rglob("*.py"))
+    info = _dpkg_deb("--info", str(deb))
+    relations = {field: line.split(":", 1)[1] for field in ("Depends", "Recommends", "Suggests")
+                 for line in info.replace("\n  ", " ").splitlines()
+                 if line.startswith(f" {field}:")}
+    for command, (package, relation) in AGENT_COMMANDS.items():
+        assert f'"{command}"' in sources, f"the agent no longer runs {command}: update the map"
+        if relation is not None:
+            assert package in relations[relation], f"{command}: {relation}: {package} missing"
     assert _dpkg_deb("--info", str(deb), "conffiles").split() == ["/etc/pifleet/agent.toml"]
 
 
