@@ -143,7 +143,8 @@ def explain(exc: Any, doing: str) -> FleetError:
         return FleetError(f"{doing}: not allowed to {what}{where}; grant it to the identity "
                           f"fleetctl uses (AWS said: {message})")
     meta = exc.response.get("ResponseMetadata", {})
-    tries = f"{meta.get('RetryAttempts', 0) + 1} attempts"
+    count = meta.get("RetryAttempts", 0) + 1
+    tries = f"{count} attempt" if count == 1 else f"{count} attempts"
     if code in _THROTTLING:
         return FleetError(f"{doing}: AWS is throttling {operation} even after retries "
                           f"({tries}); wait a minute and run the command again")

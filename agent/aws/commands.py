@@ -14,9 +14,11 @@ import json
 import logging
 import platform
 import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
@@ -217,7 +219,7 @@ class CommandClient:
         response = self._http.request("POST", self._url, headers=signed, body=body)
         if response.status == 200:
             return _reply(response)
-        error = _error(response)
+        error = explain_skew(_error(response), time.time())
         token = credentials.session_token
         if token and token in error.message:
             # AWS echoes the canonical request in some signature errors; it holds the token.
@@ -269,6 +271,31 @@ def _error(response: Response) -> AwsError:
     message = str(document.get("message") or document.get("Message")
                   or f"HTTP {response.status} without an AWS error message")
     return AwsError(code, message, status=response.status, request_id=_request_id(response))
+
+
+# AWS's refusal of a request signed too far from its own time, e.g. "Signature expired:
+# 20260101T100000Z is now earlier than 20260101T105500Z (20260101T111000Z - 15 min.)": the
+# time in brackets is the service's.
+_SKEW = re.compile(r"Signature (?:expired|not yet current):.*\((\d{8}T\d{6}Z) [-+] ")
+
+
+def explain_skew(error: AwsError, now: float) -> AwsError:
+    """The error with what it means when the service refused our clock: by how much the device
+    clock is off, and what to do. Other errors are returned as they are."""
+    match = _SKEW.search(error.message)
+    if match is None and error.code != "RequestTimeTooSkewed":
+        return error
+    hint = ("the device clock is wrong: requests are signed with the system clock; "
+            "synchronise it (NTP: timedatectl set-ntp true, or check chrony/timesyncd)")
+    if match is not None:
+        service_time = datetime.strptime(match[1], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+        off = service_time.timestamp() - now
+        amount = f"{abs(off) / 60:.0f} min" if abs(off) >= 90 else f"{abs(off):.0f} s"
+        hint = (f"the device clock is {amount} {'behind' if off > 0 else 'ahead of'} "
+                f"the service's ({match[1]}); requests are signed with the system clock: "
+                "synchronise it (NTP: timedatectl set-ntp true, or check chrony/timesyncd)")
+    return AwsError(error.code, f"{error.message} -- {hint}", status=error.status,
+                    request_id=error.request_id)
 
 
 def _request_id(response: Response) -> str | None:
