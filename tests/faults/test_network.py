@@ -1,6 +1,6 @@
 """Network faults against real `pifleet-agent run` processes on the sandbox: the control plane
 unreachable long enough for the back-off to reach its cap, and the S3 download of a bundle cut
-part way. (The MQTT broker's outage is in test_telemetry_outage.py.)"""
+part way. (The MQTT broker's outage is in test_mqtt_outage.py.)"""
 
 from __future__ import annotations
 
