@@ -89,7 +89,35 @@ def upgrade(root: Path, deb: Path, *env: str,
     """An unattended ``apt-get install ./new.deb``; ``env`` as NAME=VALUE (a hook's variables)."""
     inside = copy_in(root, deb, "/root/" + deb.name)
     return run(root, "env", *env, "apt-get", "install", "-y", "--no-install-recommends",
+               *offline(root),
                *UPGRADE_OPTIONS, inside, check=check)
+
+
+def openssl(tree: Path) -> list[str]:
+    """The package depends on openssl (``openssl cms`` verifies deployment specifications),
+    which the testbed lacks (reported): the copy this machine's apt downloaded, to install with
+    the package, so that apt does not fetch it."""
+    if (tree / "usr/bin/openssl").exists():
+        return []
+    found = sorted(Path("/var/cache/apt/archives").glob("openssl_*_amd64.deb"))
+    if not found:
+        raise testbed.TestbedError("the testbed has no openssl and /var/cache/apt/archives no "
+                                   "openssl_*_amd64.deb: run `apt-get download openssl` there")
+    return [copy_in(tree, found[-1], "/root/" + found[-1].name)]
+
+
+def offline(root: Path) -> list[str]:
+    """apt options hiding the tree's package sources: dependencies must come from the tree or
+    the given .debs, never from the network (``--no-download`` breaks local .debs)."""
+    (root / "root/offline").mkdir(parents=True, exist_ok=True)
+    (root / "root/offline/sources.list").touch()
+    return ["-o", "Dir::Etc::SourceList=/root/offline/sources.list",
+            "-o", "Dir::Etc::SourceParts=/root/offline"]
+
+
+def install(root: Path, deb: Path) -> subprocess.CompletedProcess[str]:
+    """``apt-get install ./pifleet-agent_*.deb``, offline."""
+    return apt_install(root, deb, *offline(root), *openssl(root))
 
 
 def said(result: subprocess.CompletedProcess[str]) -> str:
@@ -204,7 +232,7 @@ def package_files(root: Path) -> list[str]:
 @pytest.fixture
 def installed(tree: Path, deb: Path) -> Path:
     """The previous build (0.1.0-1) installed and the device enrolled."""
-    apt_install(tree, deb)
+    install(tree, deb)
     enroll(tree)
     return tree
 
@@ -213,7 +241,7 @@ def installed(tree: Path, deb: Path) -> Path:
 
 
 def test_install_puts_files_in_place_and_enables_the_unit(tree: Path, deb: Path) -> None:
-    result = apt_install(tree, deb)
+    result = install(tree, deb)
     assert "Setting up pifleet-agent (0.1.0-1)" in result.stdout
     assert status(tree) == "0.1.0-1 install ok installed"
     assert run(tree, "pifleet-agent", "--version").stdout.strip() == "pifleet-agent 0.1.0"
@@ -263,8 +291,10 @@ def test_upgrade_takes_the_new_conffile_when_the_admin_did_not_change_it(
 
 def test_remove_keeps_configuration_and_state_then_purge_leaves_nothing(
         tree: Path, deb: Path) -> None:
+    for dependency in openssl(tree):  # a dependency: in the system before, as python3 is
+        run(tree, "dpkg", "-i", dependency)
     before = listing(tree)
-    apt_install(tree, deb)
+    install(tree, deb)
     enroll(tree)
     state = make_state(tree)
     shipped = package_files(tree)
@@ -323,6 +353,8 @@ def test_stale_tracking_file_does_not_block_an_upgrade(installed: Path, next_deb
 
 def test_power_cut_during_install_is_fixed_by_configure_a(tree: Path, deb: Path,
                                                           next_deb: Path) -> None:
+    for dependency in openssl(tree):
+        run(tree, "dpkg", "-i", dependency)
     # Cut after unpacking: the files are there, the maintainer scripts have not run.
     run(tree, "dpkg", "--unpack", copy_in(tree, deb, "/root/" + deb.name))
     assert status(tree) == "0.1.0-1 install ok unpacked"
@@ -404,25 +436,12 @@ def world(tmp_path: Path) -> Iterator[World]:
 def running(tree: Path, deb: Path, world: World,
             tmp_path: Path) -> Iterator[testbed.Booted]:
     """0.1.0-1 installed, enrolled against the sandbox, booted, the agent READY."""
-    apt_install(tree, deb, *openssl(tree))
+    install(tree, deb)
     enroll(tree, world)
     with testbed.Booted(tree, tmp_path / "boot.log") as system:
         wait_for(lambda: system.show(UNIT, "ActiveState") == "active", 120,
                  "the agent to be READY")
         yield system
-
-
-def openssl(tree: Path) -> list[str]:
-    """The agent verifies deployment specifications with ``openssl cms``, which the package
-    does not depend on yet (reported) and the testbed lacks: the copy this machine's apt
-    downloaded, to install with the package (offline)."""
-    if (tree / "usr/bin/openssl").exists():
-        return []
-    found = sorted(Path("/var/cache/apt/archives").glob("openssl_*_amd64.deb"))
-    if not found:
-        raise testbed.TestbedError("the testbed has no openssl and /var/cache/apt/archives no "
-                                   "openssl_*_amd64.deb: run `apt-get download openssl` there")
-    return [copy_in(tree, found[-1], "/root/" + found[-1].name)]
 
 
 def main_pid(system: testbed.Booted) -> int:
@@ -449,7 +468,7 @@ NEW_FILES = ("/usr/lib/pifleet-agent/agent/__init__.py", "/usr/lib/pifleet-agent
 
 def test_fresh_install_is_not_started_until_enrolled(tree: Path, deb: Path, world: World,
                                                      tmp_path: Path) -> None:
-    apt_install(tree, deb)
+    install(tree, deb)
     with testbed.Booted(tree, tmp_path / "boot.log") as system:
         assert system.show(UNIT, "UnitFileState") == "enabled"
         assert system.show(UNIT, "ActiveState") == "inactive"
@@ -465,7 +484,7 @@ def test_upgrade_restarts_the_running_service_after_the_new_files(
     old = main_pid(system)
     inside = copy_in(tree, next_deb, "/root/" + next_deb.name)
     system.run(["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y",
-                *UPGRADE_OPTIONS, inside], timeout_s=300)
+                *offline(tree), *UPGRADE_OPTIONS, inside], timeout_s=300)
     # deb-systemd-invoke restart returned once the new agent was READY.
     assert system.show(UNIT, "ActiveState") == "active"
     assert main_pid(system) not in (0, old)
@@ -495,8 +514,10 @@ def self_upgrade_revision(deb_inside: str) -> bytes:
     which agent process ran it and which version is installed."""
     upgrade_script = (
         "#!/bin/sh\nset -e\nexport DEBIAN_FRONTEND=noninteractive\n"
-        "apt-get install -y --no-install-recommends -o Dpkg::Options::=--force-confdef "
-        f"-o Dpkg::Options::=--force-confold {deb_inside} > /root/self-upgrade.log 2>&1\n"
+        "apt-get install -y --no-install-recommends -o Dir::Etc::SourceList=/root/offline/"
+        "sources.list -o Dir::Etc::SourceParts=/root/offline "
+        "-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "
+        f"{deb_inside} > /root/self-upgrade.log 2>&1\n"
         "date +%s.%N > /root/hook-ended\n")
     after_script = ("#!/bin/sh\necho \"$PPID $(dpkg-query -W -f '${Version}' pifleet-agent)\""
                     " > /root/application-start\n")
@@ -519,6 +540,7 @@ def test_the_agent_upgrades_itself_from_a_hook_without_deadlock(
     system = running
     old = main_pid(system)
     inside = copy_in(tree, next_deb, "/root/" + next_deb.name)
+    offline(tree)
     deployment = world.deploy(world.push("self-upgrade.zip", self_upgrade_revision(inside)))
     # A blocking restart would hang here until shutdown_grace_s (2 h).
     info = world.wait_deployment(deployment, timeout_s=240)
