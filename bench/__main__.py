@@ -12,6 +12,7 @@ nothing else to be picked up.
     python -m bench --only bench_deploy,bench_laser
                                     re-run some; the others' figures are kept from the last run
     python -m bench --list          the modules, their runs and whether they can run here
+    python -m bench --render        rewrite BENCHMARKS.md from bench/results.json and the notes
 """
 
 from __future__ import annotations
@@ -174,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated modules (bench_deploy,...); others keep their "
                              "figures from the results file")
     parser.add_argument("--list", action="store_true", help="list the modules and exit")
+    parser.add_argument("--render", action="store_true",
+                        help="run nothing: rewrite the Markdown from the results file and the "
+                             "notes (after editing a note)")
     parser.add_argument("--output", type=Path, help="the Markdown to write")
     parser.add_argument("--results", type=Path, help="the raw results JSON to write")
     # For the runner's own tests: benchmarks from another package, on PYTHONPATH.
@@ -198,6 +202,13 @@ def main(argv: list[str] | None = None) -> int:
                              else HERE.parent / "BENCHMARKS.md")
     results_path = args.results or (build / "results.json" if args.quick
                                     else HERE / "results.json")
+    if args.render:
+        if not results_path.exists():
+            parser.error(f"{results_path} does not exist: run the benchmarks first")
+        output.write_text(report.render(json.loads(results_path.read_text()),
+                                        package_folder(args.package) / "notes"))
+        print(f"wrote {output} from {results_path}")
+        return 0
     previous: dict[str, Any] = {}
     if args.only and results_path.exists():
         previous = json.loads(results_path.read_text())

@@ -106,10 +106,13 @@ def summary(entries: list[dict[str, Any]]) -> list[str]:
                              f" | | |")
                 continue
             for f in run["figures"]:
-                if f.get("met") is not None:
-                    lines.append(f"| {entry['title']} | {_cell(f['what'])} | "
-                                 f"{_cell(f['value'])} | {_cell(f['target'])} | "
-                                 f"{_met(f['met'])} |")
+                if f.get("target") is None:
+                    continue
+                value = f["value"]
+                if f.get("ratio") is not None and not value.endswith("x"):
+                    value = f"{value} ({f['ratio']:.2f}x)"
+                lines.append(f"| {entry['title']} | {_cell(f['what'])} | {_cell(value)} | "
+                             f"{_cell(f['target'])} | {_met(f.get('met')) or 'reported'} |")
     return [*lines, ""]
 
 

@@ -115,3 +115,15 @@ def test_every_real_benchmark_has_the_one_required_entry_point(module: str) -> N
     loaded = importlib.import_module(f"bench.{module}")
     assert callable(loaded.main)
     assert callable(getattr(loaded, "figures", loaded.main))
+
+
+def test_render_rewrites_the_markdown_from_the_results_and_the_notes_only(tmp_path: Path) -> None:
+    package = _package(tmp_path)
+    assert _run(tmp_path, "--only", "bench_targets").returncode == 0
+    results = (tmp_path / "r.json").read_text()
+    (package / "notes" / "bench_targets.md").write_text("A note edited after the run.")
+    (package / "bench_targets.py").write_text("raise SystemExit('must not be imported')\n")
+    done = _run(tmp_path, "--render")
+    assert done.returncode == 0, done.stderr
+    assert "A note edited after the run." in (tmp_path / "B.md").read_text()
+    assert (tmp_path / "r.json").read_text() == results  # nothing was run again
