@@ -139,7 +139,9 @@ def run_module(package: str, name: str, mode: str, commit: str) -> dict[str, Any
                               "reason": f"cannot import: {type(exc).__name__}: {exc}",
                               "result": None, "figures": []})
         return entry
-    entry.update(title=title_of(module, name), issue=getattr(module, "ISSUE", None))
+    doc = (module.__doc__ or "").strip().split("\n", 1)
+    entry.update(title=title_of(module, name), issue=getattr(module, "ISSUE", None),
+                 about=doc[1].strip().replace("``", "`") if len(doc) > 1 else "")
     skip = getattr(module, "skip_reason", None)
     reason = skip() if skip else None
     for argv in runs_for(module, mode):
@@ -218,9 +220,14 @@ def main(argv: list[str] | None = None) -> int:
     kept = [e for e in previous.get("entries", []) if e["module"] not in selected
             and e["module"] in names]
     entries = sorted(kept + fresh, key=_order)
-    results: dict[str, Any] = {"machine": machine, "mode": mode,
-                               "seconds": time.monotonic() - started, "entries": entries,
-                               "soak": previous.get("soak")}
+    seconds = time.monotonic() - started
+    results: dict[str, Any] = {"machine": machine, "mode": mode, "seconds": seconds,
+                               "entries": entries, "soak": previous.get("soak"), "reruns": []}
+    if previous:  # the header keeps describing the whole run; the re-run is listed under it
+        results.update(machine=previous["machine"], mode=previous["mode"],
+                       seconds=previous["seconds"], reruns=[*previous.get("reruns", []), {
+                           "modules": selected, "date": machine["date"],
+                           "commit": machine["commit"], "seconds": seconds}])
     if not previous and results_path.exists():
         results["soak"] = json.loads(results_path.read_text()).get("soak")
     results_path.parent.mkdir(parents=True, exist_ok=True)
@@ -229,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     notes = package_folder(args.package) / "notes"
     output.write_text(report.render(results, notes))
     failed = [e["module"] for e in fresh for r in e["runs"] if r["status"] == "failed"]
-    print(f"wrote {output} and {results_path} in {results['seconds'] / 60:.1f} minutes"
+    print(f"wrote {output} and {results_path} in {seconds / 60:.1f} minutes"
           + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 

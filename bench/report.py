@@ -90,7 +90,8 @@ def render_entry(entry: dict[str, Any], notes: Path = NOTES) -> list[str]:
                          f"{_cell(f.get('target') or '')} | {_met(f.get('met'))} | "
                          f"{_cell(_ratio(f))} |")
         lines.append("")
-    text = note(entry["module"], notes)
+    # A module without a notes file is explained by its own docstring.
+    text = note(entry["module"], notes) or entry.get("about", "")
     if text:
         lines += [text, ""]
     return lines
@@ -197,6 +198,9 @@ def render(results: dict[str, Any], notes: Path = NOTES) -> str:
         f"{m['commit']}, {results['mode']} mode, {results['seconds'] / 60:.1f} minutes in all, "
         f"load average {' / '.join(str(x) for x in m['load_average'])} at the start.", "",
     ]
+    for rerun in results.get("reruns", []):
+        lines += [f"Re-run since, with `--only`: {', '.join(rerun['modules'])} "
+                  f"({rerun['date']}, commit {rerun['commit']}).", ""]
     intro = note("intro", notes)
     if intro:
         lines += [intro, ""]

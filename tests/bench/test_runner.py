@@ -99,6 +99,10 @@ def test_only_reruns_some_and_keeps_the_others(tmp_path: Path) -> None:
     kept = {e["module"]: e for e in first["entries"]}
     assert runs["bench_targets"] == kept["bench_targets"]["runs"]
     assert runs["bench_targets"][0]["argv"] == ["--size", "big"]  # full mode's arguments
+    # The header still describes the whole run; the re-run is named under it.
+    assert (second["seconds"], second["machine"]) == (first["seconds"], first["machine"])
+    assert [r["modules"] for r in second["reruns"]] == [["bench_plain"]]
+    assert "Re-run since, with `--only`: bench_plain (" in (tmp_path / "B.md").read_text()
 
 
 def test_an_unknown_benchmark_is_refused_by_name(tmp_path: Path) -> None:
