@@ -34,6 +34,7 @@ from . import report
 HOOKS = ("ApplicationStop", "BeforeInstall", "AfterInstall", "ApplicationStart",
          "ValidateService")
 COLUMNS = ("elapsed_s", "deployments", "failed", "rss_kib", "fds", "threads", "root_kib")
+# root_kib: the agent's deployment root (archived revisions, deployment logs, instructions).
 HERE = Path(__file__).resolve().parent
 
 
@@ -148,6 +149,8 @@ def _loop(world: World, device: Device, hours: float, max_deployments: int | Non
     wait_for(lambda: status.exists() and json.loads(status.read_text())["state"] == "polling",
              120, "the agent to poll")
     revision = world.push("soak/v1.zip", revision_zip({h: "true" for h in HOOKS}))
+    # The agent's own files only (revisions, logs, instructions): not the test harness's.
+    deployment_root = device.root / "deployment-root"
     started = time.monotonic()
     deadline = started + hours * 3600  # from the first deployment: set-up is not soak time
     done = failed = 0
@@ -160,7 +163,7 @@ def _loop(world: World, device: Device, hours: float, max_deployments: int | Non
             raise SystemExit(f"the agent exited with status {device.process.returncode} after "
                              f"{done} deployments")
         sample = Sample(round(time.monotonic() - started, 2), done, failed,
-                        *proc_stats(device.process.pid), tree_kib(device.root))
+                        *proc_stats(device.process.pid), tree_kib(deployment_root))
         samples.append(sample)
         writer.writerow(astuple_row(sample))
         out.flush()  # a soak stopped with Ctrl-C keeps every row so far
