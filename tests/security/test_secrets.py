@@ -168,8 +168,9 @@ def test_secrets_never_reach_logs_hooks_or_the_control_plane(world: World) -> No
     # An error path: the key is replaced by a wrong one (a signature error on every call).
     bad_secret, bad_token = "wrongSecretNeverShown/0002", "wrongTokenNeverShown//0002=="
     secrets += [bad_secret, bad_token]
-    world.write_session(device.root / "secrets" / "session",
-                        {"AccessKeyId": "ASIAWRONGKEY0002", "SecretAccessKey": bad_secret,
+    key_id = session.split("aws_access_key_id = ")[1].split("\n")[0]
+    world.write_session(device.root / "secrets" / "session",  # the real key id: a bad signature
+                        {"AccessKeyId": key_id, "SecretAccessKey": bad_secret,
                          "SessionToken": bad_token})
     wait_for(lambda: "polling failed" in device.output(), 60, "the agent to fail a poll")
     assert device.stop() == 0
