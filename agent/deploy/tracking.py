@@ -171,8 +171,9 @@ def hook_group(pid: int) -> Iterator[None]:
         yield
         return
     try:
-        write_atomic(record, json.dumps({"pgid": group.pgid, "start_ticks": group.start_ticks,
-                                         "boot_id": group.boot_id}))
+        _write_unsynced(record, json.dumps({"pgid": group.pgid,
+                                            "start_ticks": group.start_ticks,
+                                            "boot_id": group.boot_id}))
     except OSError as exc:  # a full disk must not fail the hook; only recovery loses it
         log.warning("cannot record the hook's process group in %s: %s", record, exc.strerror)
     try:
@@ -180,6 +181,16 @@ def hook_group(pid: int) -> Iterator[None]:
     finally:
         with contextlib.suppress(OSError):
             record.unlink()
+
+
+def _write_unsynced(path: Path, text: str) -> None:
+    """Replace ``path`` atomically without fsync. The record only has to outlive the agent
+    process, not the machine (a reboot ends the scripts too), and an fsync on an SD card would
+    widen the moment between starting a script and recording it, where a kill goes unseen."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def end_group(group: HookGroup, grace_s: float) -> None:

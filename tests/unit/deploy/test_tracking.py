@@ -79,8 +79,9 @@ def _killed_agent(tmp_path: Path, pids: Path) -> tuple[Path, int, int]:
     agent = subprocess.Popen([sys.executable, "-c", AGENT, str(root), str(archive)],
                              cwd=Path(__file__).parents[3])
     try:
-        wait_for(lambda: (pids / "hook").exists() and (pids / "daemon").exists(), 30,
-                 "the hook and its daemon to start")
+        wait_for(lambda: (pids / "hook").exists() and (pids / "daemon").exists()
+                 and (root / "ongoing-hooks" / "d-KILLED").exists(), 30,
+                 "the hook and its daemon to start, and the hook to be recorded")
     finally:
         agent.kill()
         agent.wait()
