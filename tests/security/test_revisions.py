@@ -8,8 +8,9 @@ the diagnostic reaches the control plane.
 from __future__ import annotations
 
 import os
-import resource
 import stat
+import subprocess
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import (
+    AGENT,
     APPSPEC,
     GROUP,
     Member,
@@ -175,15 +177,20 @@ def test_100000_tiny_files_unpack_within_bounded_time_and_memory(pi: Pi) -> None
                       [*revision("2"), Member("many", b"", tarfile.DIRTYPE, mode=0o755),
                        *dirs, *many], "gz")
     assert len(dirs) + len(many) + 1 + len(revision("2")) == 100_000
+    # A wrapper whose only child is the agent, so the peak RSS is the agent's alone.
+    measure = ("import resource, subprocess, sys; code = subprocess.run(sys.argv[1:], "
+               "stdout=subprocess.DEVNULL).returncode; print(resource.getrusage("
+               "resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)")
     started = time.monotonic()
-    done = deploy_local(bundle, "tgz", pi.root)
+    done = subprocess.run([sys.executable, "-c", measure, AGENT, "deploy-local", "-l",
+                           str(bundle), "-t", "tgz", "--root", str(pi.root)],
+                          capture_output=True, text=True, timeout=300, check=False)
     elapsed = time.monotonic() - started
-    peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     assert done.returncode == 0, done.stdout + done.stderr
-    print(f"100,000 entries: deploy-local {elapsed:.1f} s, peak RSS of a child <= {peak_mib:.0f}"
-          " MiB")
+    peak_mib = int(done.stdout.split()[-1]) / 1024
+    print(f"100,000 entries: deploy-local {elapsed:.1f} s, peak RSS {peak_mib:.0f} MiB")
     assert elapsed < 120
-    assert peak_mib < 150
+    assert peak_mib < 100
     assert pi.installed_version() == "2"
 
 
