@@ -224,3 +224,19 @@ def test_a_refused_revision_is_reported_to_the_control_plane(world: World) -> No
     assert (device.root / "fs" / "opt" / "proof" / "version.txt").read_text() == "1"
     assert "Traceback" not in device.output()
     assert GROUP not in message  # the device's own group folder, not deploy-local's
+
+
+def test_the_daemon_applies_the_configured_size_limit(world: World) -> None:
+    """[deploy] max_bundle_bytes from agent.toml reaches the unpack, and its refusal the plane."""
+    device = world.device("pi-1")
+    with device.config.open("a") as config:
+        config.write("\n[deploy]\nmax_bundle_bytes = 1048576\n")
+    device.start()
+    bomb = honest_zip_bomb(world.tmp / "bomb.zip", 8 * 1024**2)
+    deployment = world.deploy(world.push("proof/bomb.zip", bomb.read_bytes()))
+    assert world.wait_deployment(deployment)["status"] == "Failed"
+    download = world.events(deployment, "pi-1")["DownloadBundle"]
+    message = download["diagnostics"]["message"]
+    assert "unpacks to 8.0 MB, over the limit of 1.0 MB" in message, message
+    assert "raise [deploy] max_bundle_bytes" in message
+    assert not list(world.tmp.rglob("zeros.bin"))
