@@ -175,6 +175,12 @@ def test_secrets_never_reach_logs_hooks_or_the_control_plane(world: World) -> No
     wait_for(lambda: "polling failed" in device.output(), 60, "the agent to fail a poll")
     assert device.stop() == 0
 
+    for command in (["doctor"], ["status"], ["status", "--output", "json"]):
+        done = subprocess.run([AGENT, *command, "--config", str(device.config)],
+                              capture_output=True, text=True, timeout=120, check=False,
+                              env=device.env)
+        assert done.stdout, (command, done.stderr)
+        assert leaks(done.stdout + done.stderr, secrets) == [], f"secret in {command}"
     assert leaks(device.output(), secrets) == [], "secret in the agent's stdout/stderr"
     written = captured_files(device.root, skip={device.root / "secrets", device.config})
     assert "LIFECYCLE_EVENT=BeforeInstall" in written  # the logs were read
