@@ -7,14 +7,19 @@ What that could add is covered where it can be made exactly: the clean-up file i
 fsync'd before the first copy (checked below: every path of the plan is listed while most do
 not exist yet), and a torn last line of it is dropped and the rest still undone
 (tests/unit/deploy/test_install.py: test_cleanup_parsing_drops_a_torn_last_line,
-test_crash_mid_install_is_cleaned_up_next_time). Tracking and pointer files are written
-atomically (temporary file, fsync, rename, fsync of the folder).
+test_crash_mid_install_is_cleaned_up_next_time), and the fsync itself is seen with strace before
+the first change (test_the_cleanup_list_is_durable_before_the_first_change). Tracking and
+pointer files are written atomically (temporary file, fsync, rename, fsync of the folder).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -136,3 +141,35 @@ def test_power_cut_during_install_copies_then_disallow_does_not_trip(world: Worl
 
 def _walk(top: Path) -> list[Path]:
     return [Path(d) / f for d, _, files in os.walk(top) for f in files]
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+def test_the_cleanup_list_is_durable_before_the_first_change(tmp_path: Path) -> None:
+    """What a kill cannot show: the clean-up file is fsync'd before Install creates anything,
+    so a power cut cannot keep a file of ours that the list lost. Seen in the system calls of a
+    real `pifleet-agent deploy-local`."""
+    revision = tmp_path / "revision"
+    (revision / "app" / "sub").mkdir(parents=True)
+    (revision / "appspec.yml").write_text("version: 0.0\nos: linux\nfiles:\n  - source: app\n"
+                                          "    destination: /opt/proof\n")
+    for name in ("a.txt", "sub/b.txt"):
+        (revision / "app" / name).write_text(name)
+    root, trace = tmp_path / "pi", tmp_path / "trace"
+    agent = Path(sys.executable).parent / "pifleet-agent"
+    done = subprocess.run(["strace", "-f", "-qq", "-e", "trace=openat,fsync,mkdir", "-o",
+                           str(trace), str(agent), "deploy-local", "-l", str(revision),
+                           "--root", str(root)], capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    calls = trace.read_text().splitlines()
+    opened = next(i for i, line in enumerate(calls)
+                  if re.search(r'openat\(.*-cleanup", O_WRONLY\|O_CREAT\|O_APPEND', line))
+    fd = calls[opened].rsplit("=", 1)[1].strip()
+    pid = calls[opened].split()[0]
+    synced = next((i for i in range(opened, len(calls))
+                   if calls[i].startswith(f"{pid} ") and f"fsync({fd})" in calls[i]), None)
+    first_change = next(i for i, line in enumerate(calls)
+                        if f'"{root}/opt' in line and ("mkdir(" in line or "O_CREAT" in line))
+    assert synced is not None, "the clean-up file is never fsync'd"
+    assert opened < synced < first_change, "\n".join(calls[opened:first_change + 1])
+    assert (root / "opt" / "proof" / "sub" / "b.txt").read_text() == "sub/b.txt"
