@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import stat
 import subprocess
 import time
@@ -310,6 +311,24 @@ def test_remove_keeps_configuration_and_state_then_purge_leaves_nothing(
     run(tree, "apt-get", "purge", "-y", "pifleet-agent")
     assert status(tree) == ""
     assert differences(before, listing(tree)) == []
+
+
+def test_piuparts_install_and_purge_pass_offline(tree: Path, deb: Path, tmp_path: Path) -> None:
+    """Debian's own checker on the cached tree (``-e``): install, remove, purge, and its own
+    leftover/broken-symlink/debsums checks. It runs ``apt-get update`` first: in a network
+    namespace without network (``unshare -n``) that fails, is ignored, and the tree's lists
+    are used."""
+    assert shutil.which("piuparts"), "piuparts missing: dev/bootstrap.sh (dev/apt-packages.txt)"
+    for dependency in openssl(tree):
+        run(tree, "dpkg", "-i", dependency)
+    result = subprocess.run(
+        ["unshare", "-n", "piuparts", "-e", str(tree), "-d", "bookworm", "--no-upgrade-test",
+         "--keep-sources-list", "-t", str(tmp_path), str(deb)],
+        capture_output=True, text=True, timeout=600, check=False)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-4000:]
+    assert "PASS: Installation and purging test." in out
+    assert "PASS: All tests." in out
 
 
 # -- upgrade during a deployment ------------------------------------------------------------
