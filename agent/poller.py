@@ -248,11 +248,21 @@ class Poller:
         with self._group_lock(spec.deployment_group_id):
             self.activity.running[spec.deployment_id] = name
             self._changed("running")
+            # One line per event at INFO: `journalctl -u pifleet-agent` tells what happened.
+            log.info("deployment %s: %s started", spec.deployment_id, name)
+            started = time.monotonic()
             try:
                 diagnostics = self._executor.run_command(name, spec,
                                                          host_command_identifier=command_id)
             finally:
                 self.activity.running.pop(spec.deployment_id, None)
+        took = time.monotonic() - started
+        if diagnostics.succeeded:
+            log.info("deployment %s: %s succeeded in %.1f s", spec.deployment_id, name, took)
+        else:
+            log.warning("deployment %s: %s failed in %.1f s (error code %d): %s",
+                        spec.deployment_id, name, took, int(diagnostics.error_code),
+                        diagnostics.message[:200])
         self.activity.last_results.append({
             "deployment_id": spec.deployment_id, "event": name, "time": time.time(),
             "error_code": int(diagnostics.error_code), "message": diagnostics.message[:200]})

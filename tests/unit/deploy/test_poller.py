@@ -7,6 +7,7 @@ exercised for real in tests/e2e); specifications are real envelopes from the san
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 import zipfile
@@ -147,6 +148,23 @@ def test_a_failing_hook_is_one_failed_completion(parts: tuple[Service, Poller, A
     assert [c[1] for c in completions] == ["Succeeded", "Succeeded", "Failed"]
     assert completions[2][2]["error_code"] == 4
     assert completions[2][2]["script_name"] == "scripts/AfterInstall.sh"
+
+
+def test_each_event_is_one_line_in_the_log(parts: tuple[Service, Poller, Any],
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    service, poller, _ = parts
+    with caplog.at_level(logging.INFO, logger="agent.poller"):
+        for name in ("DownloadBundle", "Install", "AfterInstall"):
+            service.command(name)
+            assert poller.poll_once()
+            assert poller.wait_idle(20)
+    lines = [r.getMessage() for r in caplog.records if r.name == "agent.poller"]
+    assert [line.split(" in ")[0] for line in lines] == [
+        "deployment d-1: DownloadBundle started", "deployment d-1: DownloadBundle succeeded",
+        "deployment d-1: Install started", "deployment d-1: Install succeeded",
+        "deployment d-1: AfterInstall started", "deployment d-1: AfterInstall failed"]
+    assert "(error code 4)" in lines[-1]
+    assert [r.levelno for r in caplog.records][-1] == logging.WARNING
 
 
 def test_noop_is_acknowledged_as_such(parts: tuple[Service, Poller, Any]) -> None:
