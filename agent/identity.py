@@ -25,6 +25,7 @@ import yaml
 
 from .aws.credentials import Credentials
 from .aws.http import HttpClient, HttpError
+from .aws.retry import Transient, retrying
 from .config import Config
 
 log = logging.getLogger(__name__)
@@ -89,8 +90,10 @@ class IotCertCredentials:
     certificate), cached until shortly before they expire."""
 
     def __init__(self, http: HttpClient, *, endpoint: str, role_alias: str, thing_name: str,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self._http = http
+        self._sleep = sleep
         self._url = f"{endpoint.rstrip('/')}/role-aliases/{quote(role_alias, safe='')}/credentials"
         self._thing = thing_name
         self._clock = clock
@@ -114,11 +117,22 @@ class IotCertCredentials:
             return self._cached
 
     def _fetch(self) -> Credentials:
+        # Throttling, 5xx and dropped connections are retried: at start-up one throttled
+        # answer must not stop the daemon (systemd would restart it, but within a start limit).
+        try:
+            return retrying(self._attempt, sleep=self._sleep)
+        except Transient as exc:
+            raise IdentityError(str(exc)) from None
+
+    def _attempt(self) -> Credentials:
         try:
             response = self._http.request("GET", self._url,
                                           headers={"x-amzn-iot-thingname": self._thing})
         except HttpError as exc:
-            raise IdentityError(f"cannot reach the IoT credentials provider: {exc}") from None
+            raise Transient(f"cannot reach the IoT credentials provider: {exc}") from None
+        if response.status == 429 or response.status >= 500:
+            raise Transient(f"the IoT credentials provider answered {response.status}: "
+                            f"{response.body[:200].decode(errors='replace')}")
         if response.status == 403:
             raise IdentityError(
                 f"the IoT credentials provider refused the device certificate (403): check that "

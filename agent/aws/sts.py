@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import logging
-import random
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -12,13 +10,10 @@ from collections.abc import Callable
 from .commands import THROTTLING_CODES
 from .credentials import CredentialSource
 from .http import HttpClient, HttpError
+from .retry import MAX_ATTEMPTS, Transient, retrying
 from .sigv4 import sign
 
 BODY = b"Action=GetCallerIdentity&Version=2011-06-15"
-MAX_ATTEMPTS = 3
-BACKOFF_BASE_S = 0.1
-
-log = logging.getLogger(__name__)
 
 
 class StsError(Exception):
@@ -39,20 +34,14 @@ def get_caller_identity(http: HttpClient, credentials: CredentialSource, region:
     command client): at start-up a throttled STS must not stop the daemon.
     """
     url = (endpoint or default_endpoint(region)).rstrip("/") + "/"
-    attempt = 1
-    while True:
-        try:
-            return _attempt(http, credentials, region, url)
-        except _Retryable as exc:
-            if attempt >= max_attempts:
-                raise StsError(f"{exc} (after {attempt} attempts)") from None
-            delay = random.uniform(0, BACKOFF_BASE_S * 2 ** (attempt - 1))  # noqa: S311
-            log.debug("%s; attempt %d of %d in %.2f s", exc, attempt + 1, max_attempts, delay)
-            sleep(delay)
-            attempt += 1
+    try:
+        return retrying(lambda: _attempt(http, credentials, region, url),
+                        max_attempts=max_attempts, sleep=sleep)
+    except Transient as exc:
+        raise StsError(str(exc)) from None
 
 
-class _Retryable(StsError):
+class _Retryable(StsError, Transient):
     """A failure another attempt may not have."""
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import logging
@@ -292,12 +293,19 @@ def test_a_failed_renewal_keeps_the_current_credentials_until_they_expire(
         get()
 
 
-def test_the_answer_without_credentials_is_an_identity_error(tmp_path: Path) -> None:
-    # Only a server of ours can answer 200 without credentials; a plain HTTP one will do.
+@contextlib.contextmanager
+def _scripted_provider(answers: list[tuple[int, dict[str, object]]],
+                       ) -> Iterator[tuple[IotCertCredentials, list[int]]]:
+    """A plain HTTP server answering GETs with ``answers`` in turn (the last one repeats):
+    only a server of ours can answer 200 without credentials or fail on cue."""
+    served: list[int] = []
+
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            body = json.dumps({"message": "ok"}).encode()
-            self.send_response(200)
+            status, payload = answers[min(len(served), len(answers) - 1)]
+            served.append(status)
+            body = json.dumps(payload).encode()
+            self.send_response(status)
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Connection", "close")
             self.end_headers()
@@ -307,17 +315,40 @@ def test_the_answer_without_credentials_is_an_identity_error(tmp_path: Path) -> 
             return None
 
     with http.server.HTTPServer(("127.0.0.1", 0), Handler) as server:
-        thread = threading.Thread(target=server.serve_forever, args=(0.05,),
-                                  daemon=True)
+        thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
         thread.start()
         try:
             with HttpClient(timeout_s=10) as client:
-                get = IotCertCredentials(client, endpoint=f"http://127.0.0.1:"
+                yield IotCertCredentials(client, endpoint=f"http://127.0.0.1:"
                                                           f"{server.server_address[1]}",
-                                         role_alias=ALIAS, thing_name="pi")
-                with pytest.raises(IdentityError) as caught:
-                    get()
+                                         role_alias=ALIAS, thing_name="pi",
+                                         sleep=lambda _s: None), served
         finally:
             server.shutdown()
             thread.join(timeout=5)
+
+
+def test_the_answer_without_credentials_is_an_identity_error() -> None:
+    with _scripted_provider([(200, {"message": "ok"})]) as (get, _), \
+            pytest.raises(IdentityError) as caught:
+        get()
     assert str(caught.value) == "the IoT credentials provider's answer has no credentials"
+
+
+GOOD = {"credentials": {"accessKeyId": "AKIA", "secretAccessKey": "s", "sessionToken": "t",
+                        "expiration": "2099-01-01T00:00:00Z"}}
+
+
+def test_throttling_and_5xx_from_the_provider_are_retried() -> None:
+    # At start-up one throttled answer must not stop the daemon.
+    with _scripted_provider([(429, {"message": "Rate exceeded"}), (503, {}), (200, GOOD)],
+                            ) as (get, served):
+        assert get().access_key_id == "AKIA"
+    assert served == [429, 503, 200]
+
+
+def test_a_provider_failing_for_good_is_one_clear_error_after_three_attempts() -> None:
+    with _scripted_provider([(503, {"message": "unavailable"})]) as (get, served), \
+            pytest.raises(IdentityError, match=r"answered 503.*\(after 3 attempts\)"):
+        get()
+    assert served == [503, 503, 503]
