@@ -39,6 +39,19 @@ def backoff_s(errors: int, max_backoff_s: float = OFFICIAL_MAX_BACKOFF_S) -> flo
     return official * max_backoff_s / OFFICIAL_MAX_BACKOFF_S
 
 
+def _names_this_host(target: str, host: str) -> bool:
+    """The official agent accepts any substring of its identifier (AWS may send a shorter
+    form). We keep that, but only where the match ends at the end of an ARN component, so that
+    a command for ``user/pi-1`` is never run by ``user/pi-10``."""
+    start = host.find(target)
+    while start != -1:
+        end = start + len(target)
+        if end == len(host) or host[end] in "/:":
+            return True
+        start = host.find(target, start + 1)
+    return False
+
+
 def _error_kind(exc: Exception) -> str:
     """What stays the same across attempts of one failure (messages carry times and ids)."""
     return str(getattr(exc, "code", "") or type(exc).__name__)
@@ -215,9 +228,8 @@ class Poller:
 
     @staticmethod
     def _check_command(command: dict[str, Any], host: str) -> None:
-        # The official rule is a substring test, and we keep it: AWS may send a shorter form.
         target = str(command.get("HostIdentifier") or "")
-        if not target or target not in host:
+        if not target or not _names_this_host(target, host):
             raise DeployError(f"received a command for host {target!r}, but this agent is "
                               f"{host!r}; refusing it")
         if not command.get("CommandName"):

@@ -207,7 +207,10 @@ def test_a_bad_specification_fails_without_acknowledging(
 
 @pytest.mark.parametrize(("target", "accepted"), [
     (HOST, True), ("pifleet/pi-1", True),  # the official substring rule
-    ("arn:aws:iam::123456789012:user/pifleet/pi-2", False), ("", False)])
+    ("arn:aws:iam::123456789012:user/pifleet", True),  # ends at a component boundary
+    ("arn:aws:iam::123456789012:user/pifleet/pi-2", False), ("", False),
+    # pifleet's tightening: pi-1's host must not run a command for pi- (or pi-10 for pi-1).
+    ("arn:aws:iam::123456789012:user/pifleet/pi-", False), ("user/pifl", False)])
 def test_commands_for_another_host_are_refused(parts: tuple[Service, Poller, Any],
                                                target: str, accepted: bool) -> None:
     service, poller, _ = parts
