@@ -91,6 +91,12 @@ class Collector:
                 self.error("nul-character", f"{what} contains a NUL character, which no path or "
                            "name can hold; remove it", path, node)
                 return None
+            if "\n" in value or "\r" in value:
+                # Paths are kept one per line (the clean-up file): a line break in one would let
+                # a revision name, and later delete, any other path.
+                self.error("line-break", f"{what} contains a line break, which pifleet refuses "
+                           "in paths and names; put it on one line", path, node)
+                return None
             if value:
                 return value
         self.error("wrong-type", f"{what} must be non-empty text; found {describe(node)}",

@@ -333,3 +333,18 @@ def test_merge_keys_follow_yaml_11() -> None:
 def test_custom_tags_are_refused() -> None:
     (error,) = errors_of("hooks: !!python/object:os.system {}\n")
     assert error.code in {"yaml-tag", "yaml-value"}
+
+
+@pytest.mark.parametrize("field", ["source", "destination"])
+def test_a_line_break_in_a_path_is_an_error_naming_the_field(field: str) -> None:
+    # A double-quoted "\n" is a real line break; the clean-up file is one path per line.
+    paths = {"source": "/", "destination": "/opt/app"}
+    paths[field] += "\\n/etc/passwd"
+    found = errors_of(f"""\
+        files:
+          - source: "{paths['source']}"
+            destination: "{paths['destination']}"
+        """)
+    assert codes(found) == ["line-break"]
+    assert found[0].yaml_path == f"files[0].{field}"
+    assert "line break" in found[0].message
