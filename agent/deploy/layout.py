@@ -9,6 +9,7 @@ breaking ApplicationStop, clean-up or DISALLOW: those depend on the files below.
                                    <dg>_last_successful_install, <dg>_most_recent_install
     <root>/deployment-logs/codedeploy-agent-deployments.log
     <root>/ongoing-deployment/<deployment-id>
+    <root>/ongoing-hooks/<deployment-id>            (pifleet: the running hook's process group)
     <root>/<dg>/<deployment-id>/{bundle.tar, deployment-archive/, logs/scripts.log}
 """
 
@@ -22,7 +23,9 @@ from pathlib import Path
 from .atomic import write_atomic
 
 DEFAULT_ROOT = Path("/var/lib/pifleet/deployment-root")
-_RESERVED = frozenset({"deployment-instructions", "deployment-logs", "ongoing-deployment"})
+# A deployment group id named like one of these would share the folder with the agent's own.
+_RESERVED = frozenset({"deployment-instructions", "deployment-logs", "ongoing-deployment",
+                       "ongoing-hooks"})
 
 
 def _safe_name(value: str, what: str) -> str:

@@ -40,7 +40,8 @@ def test_pointers_are_absolute_paths_without_newline(tmp_path: Path) -> None:
     assert root.most_recent("g") == d
 
 
-@pytest.mark.parametrize("bad", ["", ".", "..", "a/b", "x\0y", "deployment-instructions"])
+@pytest.mark.parametrize("bad", ["", ".", "..", "a/b", "x\0y", "deployment-instructions",
+                                 "ongoing-hooks"])
 def test_ids_that_would_leave_the_root_are_refused(tmp_path: Path, bad: str) -> None:
     with pytest.raises(ValueError, match="folder name"):
         DeploymentRoot(tmp_path).deployment("g", bad)
