@@ -512,6 +512,17 @@ def test_upgrade_restarts_the_running_service_after_the_new_files(
         == NEXT_VERSION
 
 
+def test_remove_while_running_stops_the_service_and_keeps_state(
+        running: testbed.Booted, tree: Path) -> None:
+    system = running
+    running.run(["apt-get", "remove", "-y", "pifleet-agent"], timeout_s=300)
+    assert system.show(UNIT, "ActiveState") == "inactive"
+    assert system.run(["pgrep", "-f", "pifleet-agent run"], check=False).stdout == ""
+    for path in (CONFFILE, DROP_IN, f"{SECRETS}/credentials", f"{STATE}/agent-status.json"):
+        assert (tree / path).is_file(), f"/{path} removed by a plain remove"
+    assert not (tree / "usr/bin/pifleet-agent").exists()
+
+
 def test_purge_while_running_stops_the_service_and_leaves_nothing(
         running: testbed.Booted, tree: Path) -> None:
     system = running
@@ -574,6 +585,43 @@ def test_the_agent_upgrades_itself_from_a_hook_without_deadlock(
     # The new agent started after the hook had finished, and ran the rest of the deployment.
     assert started_at(system) > float((tree / "root/hook-ended").read_text())
     assert (tree / "root/application-start").read_text().split() == [str(new), NEXT_VERSION]
+    assert system.show(UNIT, "ActiveState") == "active"
+
+
+def waiting_revision() -> bytes:
+    """A revision whose AfterInstall hook runs until the test creates /root/release."""
+    script = "#!/bin/sh\nwhile [ ! -e /root/release ]; do sleep 0.2; done\n"
+    appspec = ("version: 0.0\nos: linux\nfiles:\n  - source: app\n    destination: /opt/proof\n"
+               "hooks:\n  AfterInstall:\n    - location: scripts/wait.sh\n      timeout: 300\n")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        info = zipfile.ZipInfo("scripts/wait.sh")
+        info.external_attr = 0o100755 << 16
+        zf.writestr(info, script)
+        zf.writestr("appspec.yml", appspec)
+        zf.writestr("app/version.txt", "1")
+    return buffer.getvalue()
+
+
+def test_upgrade_from_outside_during_a_real_deployment_is_refused_then_works(
+        running: testbed.Booted, tree: Path, world: World, next_deb: Path) -> None:
+    system = running
+    old = main_pid(system)
+    deployment = world.deploy(world.push("waiting.zip", waiting_revision()))
+    wait_for((tree / ONGOING / deployment).is_file, 120,
+             "the agent's tracking file of the running deployment")
+    argv = ["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y",
+            *offline(tree), *UPGRADE_OPTIONS, copy_in(tree, next_deb, "/root/" + next_deb.name)]
+    refused = system.run(argv, check=False, timeout_s=300)
+    assert refused.returncode != 0
+    assert f"deployment {deployment} is running on this device" in said(refused)
+    assert system.run(["dpkg-query", "-W", "-f", "${Version} ${Status}", "pifleet-agent"]
+                      ).stdout == "0.1.0-1 install ok installed"
+    assert main_pid(system) == old  # not restarted: the hook goes on
+    (tree / "root/release").touch()
+    assert world.wait_deployment(deployment, timeout_s=120)["status"] == "Succeeded"
+    system.run(argv, timeout_s=300)
+    assert main_pid(system) not in (0, old)
     assert system.show(UNIT, "ActiveState") == "active"
 
 
