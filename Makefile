@@ -29,8 +29,10 @@ system: deps testbed
 	$(BIN)/pytest -q tests/system
 
 # The cached Debian 12 trees tests/system uses (PIFLEET_TESTBED_CACHE, /var/cache/pifleet-testbed).
+# bullseye (python3 3.9): the tree the package must refuse to install on.
 testbed: deps
 	$(BIN)/python -m tests.support.testbed build amd64 arm64 armhf
+	$(BIN)/python -m tests.support.testbed build --release bullseye amd64
 
 # The pifleet-agent .deb in dist/ (Architecture: all: one .deb for amd64, arm64 and armhf).
 ARCH ?= amd64

@@ -27,10 +27,10 @@ RELEASE = "bookworm"
 CACHE = Path(os.environ.get("PIFLEET_TESTBED_CACHE", "/var/cache/pifleet-testbed"))
 # The package's Depends are preinstalled so `apt-get install ./pifleet-agent_*.deb` resolves
 # offline; systemd + dbus make the tree bootable. Changing this list rebuilds the cache.
-PACKAGES = ("python3", "python3-yaml", "python3-serial", "systemd", "systemd-sysv", "dbus",
-            "procps", "acl")
+PACKAGES = ("python3", "python3-yaml", "python3-serial", "openssl", "systemd", "systemd-sysv",
+            "dbus", "procps", "acl")
 # Foreign (qemu-user) trees are never booted: the package's Depends are enough.
-FOREIGN_PACKAGES = ("python3", "python3-yaml", "python3-serial", "acl")
+FOREIGN_PACKAGES = ("python3", "python3-yaml", "python3-serial", "openssl", "acl")
 QEMU = {"arm64": "qemu-aarch64", "armhf": "qemu-arm"}
 HOST_ARCH = "amd64"
 

@@ -18,14 +18,13 @@ from pathlib import Path
 
 from tests.e2e.conftest import World
 from tests.support import testbed
-from tests.system.conftest import apt_install, copy_in
+from tests.system.conftest import apt_install
 
 UNIT = "pifleet-agent.service"
 DROP_IN_DIR = "etc/systemd/system/pifleet-agent.service.d"
 BUNDLE_IN_TREE = "/root/enrollment.tar"
 # Hooks write here: below /root, which is on the tree (nspawn puts a tmpfs on /tmp).
 PROOF = "/root/proof.txt"
-HOST_DEBS = Path("/var/cache/apt/archives")
 
 
 @dataclass(frozen=True)
@@ -82,27 +81,11 @@ def enrollment_bundle(world: World, name: str, target: Path,
     return Enrollment(name, arn, creds["SecretAccessKey"], creds["SessionToken"])
 
 
-def _openssl_deb() -> Path | None:
-    found = sorted(HOST_DEBS.glob("openssl_*_amd64.deb"))
-    return found[-1] if found else None
-
-
 def install_and_enroll(tree: Path, deb: Path, world: World, name: str = "pi-boot",
                        **agent: object) -> Enrollment:
     """``apt-get install ./pifleet-agent_*.deb`` then ``pifleet-agent enroll``, both inside
     ``tree`` without booting it (as on an SD card prepared before first boot)."""
-    extra: list[str] = []
-    if not (tree / "usr/bin/openssl").exists():
-        # The agent verifies deployment specifications with `openssl cms`, but the package
-        # does not depend on openssl yet and the testbed lacks it: install the copy this
-        # machine's apt already downloaded (offline).
-        openssl = _openssl_deb()
-        if openssl is None:
-            raise testbed.TestbedError(
-                f"the testbed has no openssl and {HOST_DEBS} holds no openssl_*_amd64.deb: "
-                "`apt-get download openssl` there, or add openssl to the testbed's packages")
-        extra.append(copy_in(tree, openssl, "/root/" + openssl.name))
-    apt_install(tree, deb, *extra)
+    apt_install(tree, deb)
     bundle = tree / BUNDLE_IN_TREE.lstrip("/")
     enrollment = enrollment_bundle(world, name, bundle, **agent)
     testbed.run_in(tree, ["pifleet-agent", "enroll", BUNDLE_IN_TREE])

@@ -51,10 +51,19 @@ def copy_in(root: Path, source: Path, inside: str) -> str:
     return inside
 
 
+def offline_apt(root: Path) -> list[str]:
+    """apt options hiding the tree's package sources: dependencies must come from the tree or
+    the given .debs, never from the network (``--no-download`` breaks local .debs)."""
+    (root / "root/offline").mkdir(parents=True, exist_ok=True)
+    (root / "root/offline/sources.list").touch()
+    return ["-o", "Dir::Etc::SourceList=/root/offline/sources.list",
+            "-o", "Dir::Etc::SourceParts=/root/offline"]
+
+
 def apt_install(root: Path, deb: Path, *extra: str,
                 check: bool = True) -> subprocess.CompletedProcess[str]:
-    """``apt-get install ./pifleet-agent_*.deb`` inside ``root`` (offline: Depends are in the
-    testbed; Recommends skipped, as on a board without sensors)."""
+    """``apt-get install ./pifleet-agent_*.deb`` inside ``root``, offline: the Depends are in
+    the testbed; Recommends are skipped, as on a board without sensors."""
     inside = copy_in(root, deb, "/root/" + deb.name)
     return testbed.run_in(root, ["apt-get", "install", "-y", "--no-install-recommends",
-                                 *extra, inside], check=check)
+                                 *offline_apt(root), *extra, inside], check=check)

@@ -33,7 +33,7 @@ from fleet.sandbox.state import Timeouts
 from tests.e2e.conftest import World
 from tests.support import testbed
 from tests.support.waiting import wait_for
-from tests.system.conftest import apt_install, build_deb, copy_in
+from tests.system.conftest import apt_install, build_deb, copy_in, offline_apt
 
 pytestmark = pytest.mark.integration
 
@@ -90,35 +90,13 @@ def upgrade(root: Path, deb: Path, *env: str,
     """An unattended ``apt-get install ./new.deb``; ``env`` as NAME=VALUE (a hook's variables)."""
     inside = copy_in(root, deb, "/root/" + deb.name)
     return run(root, "env", *env, "apt-get", "install", "-y", "--no-install-recommends",
-               *offline(root),
+               *offline_apt(root),
                *UPGRADE_OPTIONS, inside, check=check)
-
-
-def openssl(tree: Path) -> list[str]:
-    """The package depends on openssl (``openssl cms`` verifies deployment specifications),
-    which the testbed lacks (reported): the copy this machine's apt downloaded, to install with
-    the package, so that apt does not fetch it."""
-    if (tree / "usr/bin/openssl").exists():
-        return []
-    found = sorted(Path("/var/cache/apt/archives").glob("openssl_*_amd64.deb"))
-    if not found:
-        raise testbed.TestbedError("the testbed has no openssl and /var/cache/apt/archives no "
-                                   "openssl_*_amd64.deb: run `apt-get download openssl` there")
-    return [copy_in(tree, found[-1], "/root/" + found[-1].name)]
-
-
-def offline(root: Path) -> list[str]:
-    """apt options hiding the tree's package sources: dependencies must come from the tree or
-    the given .debs, never from the network (``--no-download`` breaks local .debs)."""
-    (root / "root/offline").mkdir(parents=True, exist_ok=True)
-    (root / "root/offline/sources.list").touch()
-    return ["-o", "Dir::Etc::SourceList=/root/offline/sources.list",
-            "-o", "Dir::Etc::SourceParts=/root/offline"]
 
 
 def install(root: Path, deb: Path) -> subprocess.CompletedProcess[str]:
     """``apt-get install ./pifleet-agent_*.deb``, offline."""
-    return apt_install(root, deb, *offline(root), *openssl(root))
+    return apt_install(root, deb)
 
 
 def said(result: subprocess.CompletedProcess[str]) -> str:
@@ -292,8 +270,6 @@ def test_upgrade_takes_the_new_conffile_when_the_admin_did_not_change_it(
 
 def test_remove_keeps_configuration_and_state_then_purge_leaves_nothing(
         tree: Path, deb: Path) -> None:
-    for dependency in openssl(tree):  # a dependency: in the system before, as python3 is
-        run(tree, "dpkg", "-i", dependency)
     before = listing(tree)
     install(tree, deb)
     enroll(tree)
@@ -319,8 +295,6 @@ def test_piuparts_install_and_purge_pass_offline(tree: Path, deb: Path, tmp_path
     namespace without network (``unshare -n``) that fails, is ignored, and the tree's lists
     are used."""
     assert shutil.which("piuparts"), "piuparts missing: dev/bootstrap.sh (dev/apt-packages.txt)"
-    for dependency in openssl(tree):
-        run(tree, "dpkg", "-i", dependency)
     result = subprocess.run(
         ["unshare", "-n", "piuparts", "-e", str(tree), "-d", "bookworm", "--no-upgrade-test",
          "--keep-sources-list", "-t", str(tmp_path), str(deb)],
@@ -372,8 +346,6 @@ def test_stale_tracking_file_does_not_block_an_upgrade(installed: Path, next_deb
 
 def test_power_cut_during_install_is_fixed_by_configure_a(tree: Path, deb: Path,
                                                           next_deb: Path) -> None:
-    for dependency in openssl(tree):
-        run(tree, "dpkg", "-i", dependency)
     # Cut after unpacking: the files are there, the maintainer scripts have not run.
     run(tree, "dpkg", "--unpack", copy_in(tree, deb, "/root/" + deb.name))
     assert status(tree) == "0.1.0-1 install ok unpacked"
@@ -503,7 +475,7 @@ def test_upgrade_restarts_the_running_service_after_the_new_files(
     old = main_pid(system)
     inside = copy_in(tree, next_deb, "/root/" + next_deb.name)
     system.run(["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y",
-                *offline(tree), *UPGRADE_OPTIONS, inside], timeout_s=300)
+                *offline_apt(tree), *UPGRADE_OPTIONS, inside], timeout_s=300)
     # deb-systemd-invoke restart returned once the new agent was READY.
     assert system.show(UNIT, "ActiveState") == "active"
     assert main_pid(system) not in (0, old)
@@ -570,7 +542,7 @@ def test_the_agent_upgrades_itself_from_a_hook_without_deadlock(
     system = running
     old = main_pid(system)
     inside = copy_in(tree, next_deb, "/root/" + next_deb.name)
-    offline(tree)
+    offline_apt(tree)
     deployment = world.deploy(world.push("self-upgrade.zip", self_upgrade_revision(inside)))
     # A blocking restart would hang here until shutdown_grace_s (2 h).
     info = world.wait_deployment(deployment, timeout_s=240)
@@ -611,7 +583,7 @@ def test_upgrade_from_outside_during_a_real_deployment_is_refused_then_works(
     wait_for((tree / ONGOING / deployment).is_file, 120,
              "the agent's tracking file of the running deployment")
     argv = ["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y",
-            *offline(tree), *UPGRADE_OPTIONS, copy_in(tree, next_deb, "/root/" + next_deb.name)]
+            *offline_apt(tree), *UPGRADE_OPTIONS, copy_in(tree, next_deb, "/root/" + next_deb.name)]
     refused = system.run(argv, check=False, timeout_s=300)
     assert refused.returncode != 0
     assert f"deployment {deployment} is running on this device" in said(refused)
