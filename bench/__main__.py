@@ -139,7 +139,7 @@ def run_module(package: str, name: str, mode: str, commit: str) -> dict[str, Any
                               "reason": f"cannot import: {type(exc).__name__}: {exc}",
                               "result": None, "figures": []})
         return entry
-    doc = (module.__doc__ or "").strip().split("\n", 1)
+    doc = (module.__doc__ or "").strip().split("\n\n", 1)
     entry.update(title=title_of(module, name), issue=getattr(module, "ISSUE", None),
                  about=doc[1].strip().replace("``", "`") if len(doc) > 1 else "")
     skip = getattr(module, "skip_reason", None)

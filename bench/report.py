@@ -7,6 +7,7 @@ Peers section), so regenerating never loses an explanation.
 
 from __future__ import annotations
 
+import ast
 import os
 import platform
 import subprocess
@@ -55,6 +56,16 @@ def note(name: str, notes: Path = NOTES) -> str:
     return path.read_text().strip() if path.exists() else ""
 
 
+def docstring_body(path: Path) -> str:
+    """A module's docstring after its first line, read without importing the module."""
+    try:
+        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+    except (OSError, SyntaxError):
+        return ""
+    parts = doc.strip().split("\n\n", 1)  # the first paragraph is the title
+    return parts[1].strip().replace("``", "`") if len(parts) > 1 else ""
+
+
 def _met(value: bool | None) -> str:
     return {True: "met", False: "**not met**", None: ""}[value]
 
@@ -91,7 +102,8 @@ def render_entry(entry: dict[str, Any], notes: Path = NOTES) -> list[str]:
                          f"{_cell(_ratio(f))} |")
         lines.append("")
     # A module without a notes file is explained by its own docstring.
-    text = note(entry["module"], notes) or entry.get("about", "")
+    text = (note(entry["module"], notes) or entry.get("about")
+            or docstring_body(notes.parent / f"{entry['module']}.py"))
     if text:
         lines += [text, ""]
     return lines
@@ -163,7 +175,7 @@ def render_soak(soak: dict[str, Any] | None, notes: Path = NOTES) -> list[str]:
     lines = ["## Soak (issue 9)", ""]
     if soak:
         lines += [
-            f"Command: `{soak['command']}` (measured {soak['measured_at']} at "
+            f"Command: `{soak['command']}` (summary recorded {soak['measured_at']} at "
             f"{soak['commit']}; samples in {Path(soak['csv']).name}, not committed).", "",
             "| Figure | Result |", "|---|---|",
             f"| deployments (failed) | {soak['deployments']:,} ({soak['failed']}) in "
@@ -172,7 +184,8 @@ def render_soak(soak: dict[str, Any] | None, notes: Path = NOTES) -> list[str]:
             f"{soak['rss_last_mb']:.1f} / {soak['rss_max_mb']:.1f} MB |",
             f"| RSS slope after {soak['warmup']} warm-up deployments | "
             f"{soak['rss_kib_per_hour']:+.0f} KiB per hour, {soak['rss_kib_per_100']:+.0f} KiB "
-            f"per 100 deployments |",
+            f"per 100 deployments; over the last half "
+            f"{soak.get('rss_kib_per_100_last_half', float('nan')):+.1f} KiB per 100 |",
             f"| open fds / threads (min-max) | {soak['fds_min']}-{soak['fds_max']} / "
             f"{soak['threads_min']}-{soak['threads_max']} |",
             f"| deployment root, largest | {soak['root_kib_max']:,} KiB |", ""]

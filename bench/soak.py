@@ -59,6 +59,7 @@ class Summary:
     rss_max_mb: float
     rss_kib_per_hour: float
     rss_kib_per_100: float
+    rss_kib_per_100_last_half: float  # after any allocator warm-up has long settled
     fds_min: int
     fds_max: int
     threads_min: int
@@ -105,12 +106,16 @@ def summarise(samples: list[Sample], warmup: int, csv_path: Path, command: str) 
     per_s = slope([s.elapsed_s for s in steady], [float(s.rss_kib) for s in steady])
     per_deployment = slope([float(s.deployments) for s in steady],
                            [float(s.rss_kib) for s in steady])
+    last_half = [s for s in samples if s.deployments > samples[-1].deployments // 2]
+    per_deployment_late = slope([float(s.deployments) for s in last_half],
+                                [float(s.rss_kib) for s in last_half])
     return Summary(
         hours=samples[-1].elapsed_s / 3600, deployments=samples[-1].deployments,
         failed=samples[-1].failed, rss_first_mb=samples[0].rss_kib / 1024,
         rss_last_mb=samples[-1].rss_kib / 1024,
         rss_max_mb=max(s.rss_kib for s in samples) / 1024,
         rss_kib_per_hour=per_s * 3600, rss_kib_per_100=per_deployment * 100,
+        rss_kib_per_100_last_half=per_deployment_late * 100,
         fds_min=min(s.fds for s in samples), fds_max=max(s.fds for s in samples),
         threads_min=min(s.threads for s in samples), threads_max=max(s.threads for s in samples),
         root_kib_max=max(s.root_kib for s in samples), warmup=warmup, csv=str(csv_path),
@@ -195,7 +200,8 @@ def print_summary(s: Summary) -> None:
     print(f"  agent RSS: first {s.rss_first_mb:.1f} MB, last {s.rss_last_mb:.1f} MB, "
           f"max {s.rss_max_mb:.1f} MB")
     print(f"  RSS slope after {s.warmup} warm-up deployments: {s.rss_kib_per_hour:+.0f} KiB "
-          f"per hour, {s.rss_kib_per_100:+.0f} KiB per 100 deployments")
+          f"per hour, {s.rss_kib_per_100:+.0f} KiB per 100 deployments; over the last half: "
+          f"{s.rss_kib_per_100_last_half:+.1f} KiB per 100 deployments")
     print(f"  open fds {s.fds_min}-{s.fds_max}, threads {s.threads_min}-{s.threads_max}, "
           f"deployment root at most {s.root_kib_max:,} KiB")
 
@@ -215,8 +221,11 @@ def positive_hours(text: str) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.soak",
                                      description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--hours", type=positive_hours, required=True,
+    parser.add_argument("--hours", type=positive_hours,
                         help="how long to deploy for (fractions work: 0.02 is 72 s)")
+    parser.add_argument("--from-csv", type=Path, metavar="CSV",
+                        help="deploy nothing: summarise (and with --record, record) the "
+                             "samples of an earlier soak")
     parser.add_argument("--csv", type=Path, help="where to write the samples (default: "
                                                  "build/soak/soak-<UTC time>.csv)")
     parser.add_argument("--max-deployments", type=int, help="stop after this many too")
@@ -229,6 +238,11 @@ def main(argv: list[str] | None = None) -> int:
                              "BENCHMARKS.md")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = parser.parse_args(argv)
+    if args.from_csv is not None:
+        return summarise_csv(args.from_csv, args.warmup, record_it=args.record,
+                             as_json=args.json)
+    if args.hours is None:
+        parser.error("--hours is required (a number of hours such as 8 or 0.02)")
     if args.max_deployments is not None and args.max_deployments < 1:
         parser.error("--max-deployments must be at least 1")
     csv_path = args.csv or (HERE.parent / "build" / "soak"
@@ -254,6 +268,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.record:
         print(f"  recorded in {record(summary)}")
     return 1 if summary.failed else 0
+
+
+def summarise_csv(csv_path: Path, warmup: int, *, record_it: bool, as_json: bool) -> int:
+    samples = read_samples(csv_path)
+    if not samples:
+        print(f"soak: no samples in {csv_path} (is it a soak CSV?)", file=sys.stderr)
+        return 1
+    hours = samples[-1].elapsed_s / 3600
+    summary = summarise(samples, warmup, csv_path, f"make soak HOURS={hours:.2g}")
+    if as_json:
+        print(json.dumps(asdict(summary), indent=2))
+    else:
+        print_summary(summary)
+    if record_it:
+        print(f"  recorded in {record(summary)}")
+    return 0
 
 
 def read_samples(csv_path: Path) -> list[Sample]:
