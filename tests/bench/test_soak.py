@@ -38,6 +38,12 @@ def test_a_short_soak_records_the_agent_after_every_deployment(tmp_path: Path) -
     assert all(int(r["root_kib"]) > 0 for r in rows)  # the deployment root has revisions
     assert summary["fds_max"] == max(int(r["fds"]) for r in rows)
     assert summary["command"] == "make soak HOURS=0.001"
+    # The same samples summarised again from the CSV alone give the same figures.
+    again = soak("--from-csv", str(path), "--warmup", "1", "--json")
+    assert again.returncode == 0, again.stderr
+    resummarised = json.loads(again.stdout)
+    for key in ("deployments", "rss_max_mb", "rss_kib_per_100", "fds_max", "root_kib_max"):
+        assert resummarised[key] == summary[key], key
 
 
 def test_hours_that_are_not_a_positive_number_are_refused_clearly() -> None:
