@@ -120,8 +120,10 @@ def test_an_appspec_destination_with_a_line_break_is_refused(pi: Pi) -> None:
                                                        file("app/x/victim", b"2")])
     done = deploy_local(bundle, "tar", pi.root)
     assert done.returncode == 1
-    assert "Install              FAILED" in done.stdout, done.stdout
-    assert "the path holds a line break; fix the AppSpec's files destination" in done.stdout
+    # The AppSpec reader refuses it when the revision is first read (before any file is
+    # touched); Install's own check (unit-tested) stays as a second line of defence.
+    assert "BeforeInstall        FAILED" in done.stdout, done.stdout
+    assert "files[0].destination: error line-break" in done.stdout
     good = make_tar(pi.tmp / "bundles" / "v3.tgz", revision("3"), "gz")
     assert deploy_local(good, "tgz", pi.root).returncode == 0
     assert victim.read_text() == "keep me"
