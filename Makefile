@@ -39,8 +39,14 @@ ARCH ?= amd64
 deb: deps
 	packaging/build-deb.sh dist $(ARCH)
 
+# Every bench/bench_*.py; writes BENCHMARKS.md and bench/results.json (BENCH_ARGS=--quick: fast).
 bench: deps
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Deploys in a loop through a real agent on the sandbox, recording its RSS (SOAK_ARGS=--record).
+HOURS ?= 1
+soak: deps
+	$(BIN)/python -m bench.soak --hours $(HOURS) $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis dist build *.egg-info
