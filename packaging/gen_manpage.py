@@ -24,8 +24,9 @@ FILES = (
     ("/etc/pifleet/agent.toml", "the configuration (a conffile; every key listed, commented out)"),
     ("/etc/pifleet/agent.d/*.toml", "drop-ins read after agent.toml in name order; "
      "enroll writes 50-enrollment.toml"),
-    ("/var/lib/pifleet/", "state: the deployment root, status file and telemetry outbox"),
-    ("/var/log/pifleet/", "the deployments log and each deployment's scripts.log"),
+    ("/var/lib/pifleet/", "state: the deployment root (with each deployment's scripts.log and "
+     "deployment-logs/codedeploy-agent-deployments.log), the status file, the telemetry outbox"),
+    ("/etc/logrotate.d/pifleet-agent", "rotates the deployments log"),
 )
 
 

@@ -97,7 +97,21 @@ def test_every_program_the_agent_runs_is_declared(deb: Path) -> None:
         assert f'"{command}"' in sources, f"the agent no longer runs {command}: update the map"
         if relation is not None:
             assert package in relations[relation], f"{command}: {relation}: {package} missing"
-    assert _dpkg_deb("--info", str(deb), "conffiles").split() == ["/etc/pifleet/agent.toml"]
+    assert _dpkg_deb("--info", str(deb), "conffiles").split() == [
+        "/etc/logrotate.d/pifleet-agent", "/etc/pifleet/agent.toml"]
+
+
+def test_the_deployments_log_is_rotated(deb: Path, unpacked: Path) -> None:
+    assert "/etc/logrotate.d/pifleet-agent" in _dpkg_deb("--info", str(deb), "conffiles").split()
+    rules = (unpacked / "etc/logrotate.d/pifleet-agent").read_text()
+    assert "/var/lib/pifleet/deployment-root/deployment-logs/*.log {" in rules
+    assert "copytruncate" in rules and "maxsize" in rules
+    if shutil.which("logrotate"):
+        # -d: parse and say what would happen, change nothing; an unknown directive is an error.
+        checked = subprocess.run(["logrotate", "-d", "-s", "/dev/null",
+                                  str(unpacked / "etc/logrotate.d/pifleet-agent")],
+                                 capture_output=True, text=True, check=False)
+        assert checked.returncode == 0 and "error" not in checked.stderr, checked.stderr
 
 
 def test_files_and_modes(deb: Path) -> None:
