@@ -12,10 +12,8 @@ configuration, credentials, the first PollHostCommand).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +26,7 @@ from tests.support import testbed
 from tests.system.agent_tree import UNIT, install_and_enroll
 from tests.system.conftest import build_deb
 
-from .timing import Figure, mb, ms
+from .timing import Figure, finish, mb, ms
 
 TITLE = "pifleet-agent.service: cold start to READY under systemd-nspawn"
 ISSUE = 8
@@ -111,22 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
-    reason = skip_reason()
-    if reason:
-        if args.json:
-            print(json.dumps({"skipped": reason}))
-        else:
-            print(f"  skipped: {reason}", file=sys.stderr)
-        return 0
-    result = run(args.runs)
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return 0
-    for figure in figures(result, []):
-        target = f"  target {figure.target}: {'met' if figure.met else 'NOT MET'}" \
-            if figure.target else ""
-        print(f"  {figure.what}: {figure.value}{target}")
-    return 0
+    return finish(as_json=args.json, skip=skip_reason(), run=lambda: run(args.runs),
+                  figures=figures)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,9 @@ amd64 natively, arm64 and armhf under qemu-user-static.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,7 @@ from typing import Any
 from tests.support import testbed
 from tests.system.conftest import apt_install, build_deb
 
-from .timing import Figure, mb, ms
+from .timing import Figure, finish, mb, ms
 
 TITLE = "Debian package: installed size per architecture, start-up under qemu"
 ISSUE = 8
@@ -176,23 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    reason = skip_reason()
-    if reason:
-        if args.json:
-            print(json.dumps({"skipped": reason}))
-        else:
-            print(f"  skipped: {reason}", file=sys.stderr)
-        return 0
-    result = run(args.rounds)
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return 0
-    for figure in figures(result, []):
-        ratio = f"  ({figure.ratio:.1f}x {figure.baseline})" if figure.ratio else ""
-        target = f"  target {figure.target}: {'met' if figure.met else 'NOT MET'}" \
-            if figure.target else ""
-        print(f"  {figure.what}: {figure.value}{ratio}{target}")
-    return 0
+    return finish(as_json=args.json, skip=skip_reason(), run=lambda: run(args.rounds),
+                  figures=figures)
 
 
 if __name__ == "__main__":

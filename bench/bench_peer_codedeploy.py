@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .timing import Figure, mb
+from .timing import Figure, finish, mb
 
 TITLE = "Peer: the official CodeDeploy agent beside pifleet-agent, idle"
 ISSUE = 9
@@ -247,17 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-seconds", type=float, default=60.0)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    reason = skip_reason()
-    if reason:
-        print(json.dumps({"skipped": reason}) if args.json else f"  skipped: {reason}")
-        return 0
-    result = run(args.idle_seconds)
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return 0
-    for figure in figures(result, []):
-        print(f"  {figure.what}: {figure.value}")
-    return 0
+    return finish(as_json=args.json, skip=skip_reason(), run=lambda: run(args.idle_seconds),
+                  figures=figures)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .timing import Figure, mb
+from .timing import Figure, finish, mb
 
 TITLE = "Peer: Mender's client daemon, idle"
 ISSUE = 9
@@ -110,17 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    reason = skip_reason()
-    if reason:
-        print(json.dumps({"skipped": reason}) if args.json else f"  skipped: {reason}")
-        return 0
-    result = run(args.seconds)
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return 0
-    for figure in figures(result, []):
-        print(f"  {figure.what}: {figure.value}")
-    return 0
+    return finish(as_json=args.json, skip=skip_reason(), run=lambda: run(args.seconds),
+                  figures=figures)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -70,3 +73,25 @@ def ms(seconds: float) -> str:
 
 def mb(megabytes: float) -> str:
     return f"{megabytes:,.1f} MB"
+
+
+def finish(*, as_json: bool, skip: str | None, run: Callable[[], dict[str, Any]],
+           figures: Callable[[dict[str, Any], list[str]], list[Figure]]) -> int:
+    """The end of a benchmark module's ``main``: the skip reason, or ``run()``'s result as
+    JSON (what ``python -m bench`` reads), or its figures as text for a person."""
+    if skip:
+        if as_json:
+            print(json.dumps({"skipped": skip}))
+        else:
+            print(f"  skipped: {skip}", file=sys.stderr)
+        return 0
+    result = run()
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return 0
+    for figure in figures(result, []):
+        ratio = f"  ({figure.ratio:.1f}x {figure.baseline})" if figure.ratio else ""
+        target = (f"  target {figure.target}: {'met' if figure.met else 'NOT MET'}"
+                  if figure.target else "")
+        print(f"  {figure.what}: {figure.value}{ratio}{target}")
+    return 0
