@@ -9,7 +9,6 @@ carries in agent/config.py, so the shipped file never drifts from the code (a te
 
 from __future__ import annotations
 
-import argparse
 import ast
 import dataclasses
 import sys
@@ -19,6 +18,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "packaging" / "agent.toml"
 sys.path.insert(0, str(ROOT))
+
+from generated import write_or_check  # noqa: E402  (packaging/, next to this script)
 
 from agent import config  # noqa: E402
 
@@ -80,18 +81,8 @@ def render() -> str:
     return "\n".join(parts)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="fail if agent.toml is stale")
-    args = parser.parse_args()
-    text = render()
-    if args.check:
-        if OUTPUT.read_text(encoding="utf-8") != text:
-            sys.stderr.write(f"{OUTPUT} is stale: run python packaging/gen_agent_toml.py\n")
-            return 1
-        return 0
-    OUTPUT.write_text(text, encoding="utf-8")
-    return 0
+def main(argv: list[str] | None = None) -> int:
+    return write_or_check(OUTPUT, render, description=__doc__.splitlines()[0], argv=argv)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "packaging" / "pifleet-agent.1"
 sys.path.insert(0, str(ROOT))
 
+from generated import write_or_check  # noqa: E402  (packaging/, next to this script)
+
 from agent import __version__, cli  # noqa: E402
 
 FILES = (
@@ -74,17 +76,7 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if the page is stale")
-    args = parser.parse_args(argv)
-    text = render()
-    if args.check:
-        if OUTPUT.read_text(encoding="utf-8") != text:
-            sys.stderr.write(f"{OUTPUT} is stale: run python packaging/gen_manpage.py\n")
-            return 1
-        return 0
-    OUTPUT.write_text(text, encoding="utf-8")
-    return 0
+    return write_or_check(OUTPUT, render, description=__doc__.splitlines()[0], argv=argv)
 
 
 if __name__ == "__main__":
