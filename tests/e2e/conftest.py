@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -19,6 +20,7 @@ import pytest
 
 from fleet.sandbox.server import Sandbox
 from fleet.sandbox.state import Timeouts
+from tests.support.sandbox import fresh
 from tests.support.waiting import wait_for
 
 AGENT = str(Path(sys.executable).parent / "pifleet-agent")
@@ -233,10 +235,13 @@ class World:
         return {e["lifecycleEventName"]: e for e in found["instanceTarget"]["lifecycleEvents"]}
 
 
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    with Sandbox(strict=True, timeouts=Timeouts(start_s=60, event_s=120)) as sandbox:
-        sandbox.app.reset()  # moto's backends are process-wide: start from nothing
+@contextlib.contextmanager
+def fresh_world(tmp_path: Path, *, event_s: float = 120) -> Iterator[World]:
+    """A sandbox on loopback holding the `proof` application and its `pis` group. Every agent
+    started through it is killed at the end (a stopped one too), and every response of the
+    sandbox must have matched its service model."""
+    with Sandbox(strict=True, timeouts=Timeouts(start_s=60, event_s=event_s)) as sandbox, \
+            fresh(sandbox):
         w = World(sandbox, tmp_path)
         w.setup_fleet()
         try:
@@ -244,6 +249,13 @@ def world(tmp_path: Path) -> Iterator[World]:
         finally:
             for device in w.devices:
                 if device.process is not None:
+                    if device.process.poll() is None:
+                        device.process.send_signal(signal.SIGCONT)
                     device.process.kill()
                     device.process.wait()
-        assert sandbox.app.shape_errors == []
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    with fresh_world(tmp_path) as w:
+        yield w

@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from fleet.sandbox.server import Sandbox
-from fleet.sandbox.state import Timeouts
-from tests.e2e.conftest import BUCKET, Device, World, revision_zip
+from tests.e2e.conftest import BUCKET, Device, World, fresh_world, revision_zip
 
 __all__ = ["BUCKET", "HOOKS", "IN_PLACE", "Device", "World", "alive", "group_members",
            "revision_zip", "set_aws_endpoint"]
@@ -30,23 +27,8 @@ HOOKS = ("ApplicationStop", "BeforeInstall", "AfterInstall", "ApplicationStart",
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
-    """A fresh sandbox with the `proof` application and its `pis` group; every agent started
-    in the test is killed at the end, and the sandbox's responses are checked against the
-    service model."""
-    with Sandbox(strict=True, timeouts=Timeouts(start_s=60, event_s=120)) as sandbox:
-        sandbox.app.reset()  # moto's backends are process-wide: start from nothing
-        w = World(sandbox, tmp_path)
-        w.setup_fleet()
-        try:
-            yield w
-        finally:
-            for device in w.devices:
-                if device.process is not None:
-                    if device.process.poll() is None:
-                        device.process.send_signal(signal.SIGCONT)  # a stopped agent, too
-                    device.process.kill()
-                    device.process.wait()
-        assert sandbox.app.shape_errors == []
+    with fresh_world(tmp_path) as w:
+        yield w
 
 
 def set_aws_endpoint(device: Device, key: str, url: str) -> None:

@@ -16,9 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet.sandbox.server import Sandbox
-from fleet.sandbox.state import Timeouts
-from tests.e2e.conftest import World
+from tests.e2e.conftest import World, fresh_world
 from tests.support import testbed
 from tests.support.waiting import wait_for
 from tests.system.agent_tree import (
@@ -63,12 +61,8 @@ class Pi:
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
-    with Sandbox(strict=True, timeouts=Timeouts(start_s=60, event_s=120)) as sandbox:
-        sandbox.app.reset()  # moto's backends are process-wide: start from nothing
-        w = World(sandbox, tmp_path)
-        w.setup_fleet()
+    with fresh_world(tmp_path) as w:
         yield w
-        assert sandbox.app.shape_errors == []
 
 
 @pytest.fixture

@@ -28,9 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet.sandbox.server import Sandbox
-from fleet.sandbox.state import Timeouts
-from tests.e2e.conftest import World
+from tests.e2e.conftest import World, fresh_world
 from tests.support import testbed
 from tests.support.waiting import wait_for
 from tests.system.conftest import apt_install, build_deb, copy_in, offline_apt
@@ -415,12 +413,8 @@ def test_unsupported_release_is_refused_with_the_reason(tmp_path: Path, deb: Pat
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
     """A sandbox control plane on the host's loopback (the booted tree shares its network)."""
-    with Sandbox(strict=True, timeouts=Timeouts(start_s=60, event_s=300)) as sandbox:
-        sandbox.app.reset()  # moto's backends are process-wide: start from nothing
-        w = World(sandbox, tmp_path)
-        w.setup_fleet()
+    with fresh_world(tmp_path, event_s=300) as w:
         yield w
-        assert sandbox.app.shape_errors == []
 
 
 @pytest.fixture
