@@ -20,11 +20,8 @@ from agent.telemetry.loop import Telemetry
 from agent.telemetry.mqtt_paho import PahoTransport
 from agent.telemetry.outbox import Outbox
 from agent.telemetry.transport import Backoff
-from fleet.sandbox.broker import Mosquitto
-from fleet.sandbox.server import Sandbox
-from fleet.sandbox.shadows import ShadowResponder
 from sensors.simulated import SimulatedDHT11
-from tests.integration.test_telemetry import THING, Observer
+from tests.integration.test_telemetry import THING, Observer, shadow_stack
 from tests.support.link import Link
 from tests.support.waiting import wait_for
 
@@ -42,21 +39,14 @@ class FakeClock:
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    with Sandbox() as sandbox, Mosquitto() as broker:
-        sandbox.app.reset()
-        sandbox.endpoint.client("iot").create_thing(thingName=THING)
-        responder = ShadowResponder(sandbox.state, broker.host, broker.port)
-        responder.start()
-        observer = Observer(broker)
-        link = Link(broker.port)
-        wait_for(lambda: observer.transport.connected, 10, "the observer")
+    """The integration tests' shadow stack, with the device reaching the broker through a Link
+    the test cuts."""
+    with shadow_stack(tmp_path) as parts:
+        link = Link(parts["broker"].port)
         try:
-            yield {"sandbox": sandbox, "broker": broker, "observer": observer, "link": link,
-                   "tmp": tmp_path}
+            yield {**parts, "link": link}
         finally:
             link.down()
-            observer.transport.stop()
-            responder.stop()
 
 
 def offline_half_hour(stack: dict[str, Any], outbox: Outbox) -> tuple[Telemetry, list[float]]:

@@ -3,6 +3,7 @@ the sandbox's iot-data, with the broker going away and coming back."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections.abc import Iterator
@@ -54,6 +55,14 @@ class Observer:
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    with shadow_stack(tmp_path) as parts:
+        yield parts
+
+
+@contextlib.contextmanager
+def shadow_stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """The sandbox's shadow service on a real mosquitto, with a second client (the observer)
+    recording every accepted shadow update."""
     with Sandbox() as sandbox, Mosquitto() as broker:
         sandbox.app.reset()
         sandbox.endpoint.client("iot").create_thing(thingName=THING)
