@@ -25,16 +25,11 @@ THROTTLE_CODES = {"s3": "SlowDown", "iam": "Throttling", "sts": "Throttling",
                   "iot": "ThrottlingException", "codedeploy": "ThrottlingException"}
 
 
-@pytest.fixture(scope="module")
-def shared() -> Iterator[Sandbox]:
-    with Sandbox(strict=True) as sandbox:
-        yield sandbox
-
-
 @pytest.fixture
-def sandbox(shared: Sandbox) -> Iterator[Sandbox]:
-    with fresh(shared) as sandbox:
-        yield sandbox
+def sandbox(sandbox: Sandbox) -> Iterator[Sandbox]:
+    """conftest's session sandbox, reset for each test (faults included)."""
+    with fresh(sandbox) as served:
+        yield served
 
 
 @pytest.mark.parametrize("service", sorted(CALLS))
