@@ -27,8 +27,9 @@ RELEASE = "bookworm"
 CACHE = Path(os.environ.get("PIFLEET_TESTBED_CACHE", "/var/cache/pifleet-testbed"))
 # The package's Depends are preinstalled so `apt-get install ./pifleet-agent_*.deb` resolves
 # offline; systemd + dbus make the tree bootable. Changing this list rebuilds the cache.
+# logrotate: Recommended by the package, and piuparts installs it to try the package's rules.
 PACKAGES = ("python3", "python3-yaml", "python3-serial", "openssl", "systemd", "systemd-sysv",
-            "dbus", "procps", "acl")
+            "dbus", "procps", "acl", "logrotate")
 # Foreign (qemu-user) trees are never booted: the package's Depends are enough.
 FOREIGN_PACKAGES = ("python3", "python3-yaml", "python3-serial", "openssl", "acl")
 QEMU = {"arm64": "qemu-aarch64", "armhf": "qemu-arm"}
