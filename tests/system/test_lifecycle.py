@@ -523,9 +523,14 @@ def self_upgrade_revision(deb_inside: str) -> bytes:
     appspec = ("version: 0.0\nos: linux\nfiles:\n  - source: app\n    destination: /opt/proof\n"
                "hooks:\n  AfterInstall:\n    - location: scripts/upgrade.sh\n      timeout: 300\n"
                "  ApplicationStart:\n    - location: scripts/after.sh\n      timeout: 60\n")
+    return _revision(appspec, {"upgrade.sh": upgrade_script, "after.sh": after_script})
+
+
+def _revision(appspec: str, scripts: dict[str, str]) -> bytes:
+    """A zip revision: ``appspec.yml``, executable ``scripts/<name>`` and ``app/version.txt``."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as zf:
-        for name, script in (("upgrade.sh", upgrade_script), ("after.sh", after_script)):
+        for name, script in scripts.items():
             info = zipfile.ZipInfo(f"scripts/{name}")
             info.external_attr = 0o100755 << 16
             zf.writestr(info, script)
@@ -562,14 +567,7 @@ def waiting_revision() -> bytes:
     script = "#!/bin/sh\nwhile [ ! -e /root/release ]; do sleep 0.2; done\n"
     appspec = ("version: 0.0\nos: linux\nfiles:\n  - source: app\n    destination: /opt/proof\n"
                "hooks:\n  AfterInstall:\n    - location: scripts/wait.sh\n      timeout: 300\n")
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as zf:
-        info = zipfile.ZipInfo("scripts/wait.sh")
-        info.external_attr = 0o100755 << 16
-        zf.writestr(info, script)
-        zf.writestr("appspec.yml", appspec)
-        zf.writestr("app/version.txt", "1")
-    return buffer.getvalue()
+    return _revision(appspec, {"wait.sh": script})
 
 
 def test_upgrade_from_outside_during_a_real_deployment_is_refused_then_works(
