@@ -11,6 +11,7 @@ missing rather than downloading in the middle of a test run.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import re
 import shutil
@@ -183,7 +184,8 @@ class Booted:
             self._nspawn = subprocess.Popen(
                 ["systemd-nspawn", "-q", "--register=no", "--keep-unit", "-D", str(self.root),
                  "--boot", "--console=passive"], stdin=subprocess.DEVNULL, stdout=out,
-                stderr=subprocess.STDOUT, start_new_session=True)
+                stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=_die_with_parent)  # noqa: PLW1509 (no threads exec between fork and exec here)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._nspawn.poll() is not None:
@@ -233,6 +235,13 @@ class Booted:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _die_with_parent() -> None:
+    """SIGTERM to nspawn (which shuts the container down) if the test or benchmark process
+    dies without stopping it: a killed run must not leave booted systems behind."""
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _container_init(nspawn_pid: int) -> int:
