@@ -9,15 +9,12 @@ whose traffic to the sandbox goes through a counting TCP relay.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +22,7 @@ from typing import Any
 from fleet.sandbox.server import Sandbox
 from fleet.sandbox.state import Timeouts
 from tests.e2e.conftest import World, revision_zip
+from tests.support.link import Link
 from tests.support.waiting import wait_for
 
 from .timing import Figure, mb
@@ -36,48 +34,6 @@ RUNS = {"full": [["--deployments", "200", "--idle-seconds", "60"]],
 
 HOOKS = ("ApplicationStop", "BeforeInstall", "AfterInstall", "ApplicationStart",
          "ValidateService")
-
-
-class CountingRelay:
-    """Forwards loopback TCP to the sandbox and counts the bytes each way."""
-
-    def __init__(self, target_port: int) -> None:
-        self.sent = self.received = 0
-        self._target = target_port
-        self._lock = threading.Lock()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self._target))
-            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, False),
-                             daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket, outbound: bool) -> None:
-        try:
-            while data := src.recv(65536):
-                with self._lock:
-                    if outbound:
-                        self.sent += len(data)
-                    else:
-                        self.received += len(data)
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self._listener.close()
 
 
 def rss_kib(pid: int) -> int:
@@ -101,7 +57,7 @@ def run(deployments: int, idle_seconds: float) -> dict[str, Any]:
         sandbox.app.reset()
         world = World(sandbox, Path(tmp))
         world.setup_fleet()
-        relay = CountingRelay(int(sandbox.endpoint.url.rsplit(":", 1)[1]))
+        relay = Link(int(sandbox.endpoint.url.rsplit(":", 1)[1]))
         device = world.device("pi-bench", poll_interval_s=1.0)
         config = device.config.read_text().replace(
             f'commands_endpoint = "{sandbox.endpoint.url}"',
@@ -113,18 +69,18 @@ def run(deployments: int, idle_seconds: float) -> dict[str, Any]:
         finally:
             if device.process is not None:
                 device.stop()
-            relay.close()
+            relay.down()
 
 
-def _measure(world: World, device: Any, relay: CountingRelay, deployments: int,
+def _measure(world: World, device: Any, relay: Link, deployments: int,
              idle_seconds: float) -> dict[str, Any]:
     status = device.root / "status.json"
     wait_for(lambda: status.exists() and json.loads(status.read_text())["state"] == "polling",
              60, "the agent to poll")
     time.sleep(3)  # settle after start-up before the idle window
-    sent0, received0 = relay.sent, relay.received
+    before = relay.total_bytes
     time.sleep(idle_seconds)
-    idle_bytes = relay.sent - sent0 + relay.received - received0
+    idle_bytes = relay.total_bytes - before
     pid = device.process.pid
     idle_rss = rss_kib(pid)
 

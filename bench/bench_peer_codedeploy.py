@@ -103,9 +103,8 @@ def cpu_s(pids: list[int]) -> float:
 def run(idle_seconds: float) -> dict[str, Any]:
     from fleet.sandbox.server import Sandbox  # noqa: PLC0415 - only once skip_reason passed
     from tests.e2e.conftest import World  # noqa: PLC0415
+    from tests.support.link import Link  # noqa: PLC0415
     from tests.support.waiting import wait_for  # noqa: PLC0415
-
-    from .bench_agent import CountingRelay  # noqa: PLC0415
 
     with tempfile.TemporaryDirectory(prefix="pifleet-bench-peer-") as tmp, \
             Sandbox() as sandbox:
@@ -114,7 +113,7 @@ def run(idle_seconds: float) -> dict[str, Any]:
         world = World(sandbox, work)
         world.setup_fleet()
         port = int(sandbox.endpoint.url.rsplit(":", 1)[1])
-        ours_relay, theirs_relay = CountingRelay(port), CountingRelay(port)
+        ours_relay, theirs_relay = Link(port), Link(port)
         ours = world.device("pi-ours", poll_interval_s=1.0)
         ours.config.write_text(ours.config.read_text().replace(
             f'commands_endpoint = "{sandbox.endpoint.url}"',
@@ -127,7 +126,7 @@ def run(idle_seconds: float) -> dict[str, Any]:
                      and json.loads(status.read_text())["state"] == "polling", 60,
                      "pifleet-agent to poll")
             try:
-                wait_for(lambda: theirs_relay.sent > 0 and len(tree(theirs.pid)) >= 2, 60,
+                wait_for(lambda: theirs_relay.upstream_bytes > 0 and len(tree(theirs.pid)) >= 2, 60,
                          "the official agent to poll")
             except AssertionError:
                 logs = sorted((work / "official" / "log").glob("*.log"))
@@ -138,9 +137,9 @@ def run(idle_seconds: float) -> dict[str, Any]:
             time.sleep(5)  # both past start-up before the window opens
             assert ours.process is not None
             ours_pids, theirs_pids = [ours.process.pid], tree(theirs.pid)
-            before = {"ours": (cpu_s(ours_pids), ours_relay.sent + ours_relay.received),
+            before = {"ours": (cpu_s(ours_pids), ours_relay.total_bytes),
                       "theirs": (cpu_s(theirs_pids),
-                                 theirs_relay.sent + theirs_relay.received)}
+                                 theirs_relay.total_bytes)}
             time.sleep(idle_seconds)
             theirs_pids = tree(theirs.pid)
             if theirs.poll() is not None:
@@ -152,8 +151,8 @@ def run(idle_seconds: float) -> dict[str, Any]:
                 "theirs_processes": len(theirs_pids),
                 "ours_cpu_s": cpu_s(ours_pids) - before["ours"][0],
                 "theirs_cpu_s": cpu_s(theirs_pids) - before["theirs"][0],
-                "ours_bytes": ours_relay.sent + ours_relay.received - before["ours"][1],
-                "theirs_bytes": theirs_relay.sent + theirs_relay.received
+                "ours_bytes": ours_relay.total_bytes - before["ours"][1],
+                "theirs_bytes": theirs_relay.total_bytes
                 - before["theirs"][1],
                 "ruby": subprocess.run(["ruby", "-e", "print RUBY_VERSION"],
                                        capture_output=True, text=True, check=True).stdout,
@@ -169,8 +168,8 @@ def run(idle_seconds: float) -> dict[str, Any]:
             if ours.process is not None:
                 ours.stop()
             stop_official(theirs)
-            ours_relay.close()
-            theirs_relay.close()
+            ours_relay.down()
+            theirs_relay.down()
 
 
 def stop_official(master: subprocess.Popen[bytes]) -> None:

@@ -33,6 +33,7 @@ class Link:
         self.attempts: list[float] = []
         self.downstream: list[int] = []
         self.downstream_bytes = 0
+        self.upstream_bytes = 0
         self.cuts = 0
         self.up()
 
@@ -77,6 +78,12 @@ class Link:
             self._budgets = list(budgets)
             self._reset_cuts = reset
 
+    @property
+    def total_bytes(self) -> int:
+        """Bytes relayed both ways since the link was made."""
+        with self._lock:
+            return self.upstream_bytes + self.downstream_bytes
+
     def attempts_since(self, since: float) -> list[float]:
         with self._lock:
             return [t for t in self.attempts if t >= since]
@@ -115,11 +122,13 @@ class Link:
             threading.Thread(target=self._pump_down, args=(upstream, client, budget, index),
                              daemon=True).start()
 
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        """Device to service, counted."""
         with contextlib.suppress(OSError):
             while data := src.recv(65536):
                 dst.sendall(data)
+                with self._lock:
+                    self.upstream_bytes += len(data)
         with contextlib.suppress(OSError):
             dst.shutdown(socket.SHUT_RDWR)
 
@@ -139,7 +148,6 @@ class Link:
                         return
         with contextlib.suppress(OSError):
             dst.shutdown(socket.SHUT_RDWR)
-
 
     def _cut(self, upstream: socket.socket, client: socket.socket) -> None:
         with self._lock:
